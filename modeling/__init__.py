@@ -1,0 +1,1 @@
+"""cogvx.modeling: the reference PyTorch modules (pure torch, no onnx/tensorrt)."""

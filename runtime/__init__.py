@@ -1,0 +1,1 @@
+"""cogvx.runtime: schedulers, the staged pipeline, stage backends and video IO."""
