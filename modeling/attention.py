@@ -1,0 +1,113 @@
+"""The attention seam: every CogVideoX attention goes through `rope_attention`.
+
+`rope_attention(q, k, v, cos, sin, num_text_tokens)` rotates the vision part of q and k by 3D RoPE
+(in fp32, as the reference does) and runs full, unmasked attention over [text ; vision].
+It is the torch custom op `cogvx::rope_attention`, so compilers and exporters see one opaque
+node: the ONNX exporter maps it to `cogvx::RoPEAttention3D`, a Triton kernel registers itself as
+another implementation. Models without RoPE (2B) pass cos = sin = None.
+
+Letters: B batch, N heads, S = L + V tokens (L text, V vision), Dh head dim.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, int], torch.Tensor]
+
+
+def rotate_pairs(x: torch.Tensor) -> torch.Tensor:
+    """(a, b) -> (-b, a) on consecutive pairs of the last dim."""
+    a, b = x.unflatten(-1, (-1, 2)).unbind(-1)  # (..., Dh/2) each
+    return torch.stack([-b, a], dim=-1).flatten(-2)  # (..., Dh)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, N, V, Dh) rotated by cos, sin (V, Dh) in fp32, back in x's dtype."""
+    return (x.float() * cos + rotate_pairs(x).float() * sin).to(x.dtype)
+
+
+def reference_rope_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    cos: torch.Tensor | None, sin: torch.Tensor | None, num_text_tokens: int,
+) -> torch.Tensor:
+    """Plain torch: RoPE on the vision rows of q and k, then SDPA. (B, N, S, Dh) -> (B, N, S, Dh)."""
+    if cos is not None:
+        L = num_text_tokens
+        q = torch.cat([q[:, :, :L], apply_rope(q[:, :, L:], cos, sin)], dim=2)  # (B, N, S, Dh)
+        k = torch.cat([k[:, :, :L], apply_rope(k[:, :, L:], cos, sin)], dim=2)  # (B, N, S, Dh)
+    return F.scaled_dot_product_attention(q, k, v)  # (B, N, S, Dh)
+
+
+_IMPLEMENTATIONS: dict[str, AttentionFn] = {"torch": reference_rope_attention}
+_active = "torch"
+
+
+def register_implementation(name: str, fn: AttentionFn) -> None:
+    """Add an implementation of the seam (e.g. a Triton kernel); it must match the reference."""
+    _IMPLEMENTATIONS[name] = fn
+
+
+@contextlib.contextmanager
+def use_implementation(name: str) -> Iterator[None]:
+    """Run the seam with another implementation inside this block."""
+    global _active
+    if name not in _IMPLEMENTATIONS:
+        raise ValueError(f"unknown attention implementation {name!r}; registered: {sorted(_IMPLEMENTATIONS)}")
+    previous, _active = _active, name
+    try:
+        yield
+    finally:
+        _active = previous
+
+
+@torch.library.custom_op("cogvx::rope_attention", mutates_args=())
+def _rope_attention_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    cos: torch.Tensor | None, sin: torch.Tensor | None, num_text_tokens: int,
+) -> torch.Tensor:
+    return _IMPLEMENTATIONS[_active](q, k, v, cos, sin, num_text_tokens).contiguous()
+
+
+@_rope_attention_op.register_fake
+def _(q, k, v, cos, sin, num_text_tokens):
+    return torch.empty_like(q)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, cos, sin, num_text_tokens = inputs
+    ctx.save_for_backward(q, k, v, cos, sin)
+    ctx.num_text_tokens = num_text_tokens
+
+
+def _backward(ctx, grad_output):
+    # Recompute the reference forward and differentiate it (activation-checkpoint style): the op
+    # keeps no attention matrix alive between forward and backward.
+    q, k, v, cos, sin = ctx.saved_tensors
+    with torch.enable_grad():
+        inputs = [t.detach().requires_grad_(True) for t in (q, k, v)]
+        out = reference_rope_attention(*inputs, cos, sin, ctx.num_text_tokens)
+        grads = torch.autograd.grad(out, inputs, grad_output)
+    return (*grads, None, None, None)
+
+
+_rope_attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def rope_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    cos: torch.Tensor | None, sin: torch.Tensor | None, num_text_tokens: int,
+) -> torch.Tensor:
+    """The seam. q, k, v (B, N, S, Dh); cos, sin (S - num_text_tokens, Dh) or None."""
+    if (cos is None) != (sin is None):
+        raise ValueError("rope_attention needs both cos and sin, or neither")
+    if cos is not None and cos.shape != (q.shape[2] - num_text_tokens, q.shape[3]):
+        raise ValueError(
+            f"RoPE tables {tuple(cos.shape)} do not fit {q.shape[2] - num_text_tokens} vision tokens of "
+            f"head dim {q.shape[3]}; compute them with position_tables() for this shape"
+        )
+    return _rope_attention_op(q, k, v, cos, sin, num_text_tokens)
