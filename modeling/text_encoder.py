@@ -1,0 +1,91 @@
+"""The T5 text encoder (transformers' `T5EncoderModel`) and its tokenizer, as CogVideoX uses them.
+
+Prompts are tokenized to exactly `max_length` tokens (226 for the real models): padded to that
+length, truncated past it, and encoded WITHOUT an attention mask, so padding rows carry the
+encoder's pad embeddings that the transformer was trained to attend to (SPEC.md section 4).
+
+Letters: B prompts, L = max_length tokens, Dt = T5 width (4096 for T5 v1.1 XXL).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from .configs import TextEncoderConfig
+
+logger = logging.getLogger(__name__)
+
+
+class TextEncoder:
+    """`encode_prompt(prompts) -> (B, L, Dt)`; the model runs in its own dtype (fp32 is safest: T5 in fp16 overflows)."""
+
+    def __init__(self, model, tokenizer, max_length: int = 226):
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        text_encoder_dir: str | Path,
+        tokenizer_dir: str | Path | None = None,
+        dtype: torch.dtype = torch.float32,
+        max_length: int = 226,
+    ) -> TextEncoder:
+        """Read diffusers' `text_encoder/` (T5EncoderModel, possibly sharded) and `tokenizer/` folders."""
+        from transformers import AutoTokenizer, T5EncoderModel
+
+        text_encoder_dir = Path(text_encoder_dir)
+        tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir else text_encoder_dir.parent / "tokenizer"
+        if not (text_encoder_dir / "config.json").is_file():
+            raise FileNotFoundError(f"no text encoder at {text_encoder_dir}: expected text_encoder/config.json + weights")
+        if not tokenizer_dir.is_dir():
+            raise FileNotFoundError(f"no tokenizer at {tokenizer_dir}: expected tokenizer/spiece.model (or tokenizer.json)")
+        model = T5EncoderModel.from_pretrained(text_encoder_dir, dtype=dtype)
+        if dtype == torch.float16:
+            logger.warning("T5 in float16 can overflow (inf/NaN embeddings); prefer float32 or bfloat16")
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        return cls(model, tokenizer, max_length)
+
+    @classmethod
+    def from_config(cls, config: TextEncoderConfig, tokenizer, max_length: int, seed: int = 0) -> TextEncoder:
+        """Random weights for a config (tests, benchmarks) with a given tokenizer."""
+        from transformers import T5EncoderModel
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = T5EncoderModel(config.to_transformers())
+        return cls(model, tokenizer, max_length)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        """(B,) strings -> (B, L) token ids, padded and truncated to L; warns with the count of dropped tokens."""
+        ids = self.tokenizer(
+            prompts, padding="max_length", max_length=self.max_length, truncation=True,
+            add_special_tokens=True, return_tensors="pt",
+        ).input_ids  # (B, L)
+        full = self.tokenizer(prompts, add_special_tokens=True).input_ids
+        for prompt, tokens in zip(prompts, full):
+            if len(tokens) > self.max_length:
+                logger.warning(
+                    "prompt truncated: %d tokens, the model reads %d; dropped %d tokens (%r...)",
+                    len(tokens), self.max_length, len(tokens) - self.max_length, prompt[:40],
+                )
+        return ids
+
+    def count_tokens(self, prompt: str) -> int:
+        return len(self.tokenizer(prompt, add_special_tokens=True).input_ids)
+
+    @torch.no_grad()
+    def encode_prompt(self, prompts: str | list[str], dtype: torch.dtype | None = None) -> torch.Tensor:
+        """(B,) strings -> (B, L, Dt) embeddings, no attention mask."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        ids = self.tokenize(prompts).to(self.device)  # (B, L)
+        embeddings = self.model(ids)[0]  # (B, L, Dt)
+        return embeddings.to(dtype) if dtype is not None else embeddings
