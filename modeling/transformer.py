@@ -184,6 +184,7 @@ class CogVideoXTransformer(nn.Module):
         self.norm_out = FinalAdaLayerNorm(config.time_embed_dim, d, config.norm_eps)
         self.proj_out = nn.Linear(d, config.out_patch_dim)
         self.gradient_checkpointing = False
+        self._position_cache: dict[tuple, PositionTables] = {}  # per shape: the loop reuses one shape ~50x
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -211,7 +212,12 @@ class CogVideoXTransformer(nn.Module):
     # -- forward ---------------------------------------------------------------------------------
 
     def position_tables(self, num_latent_frames: int, latent_height: int, latent_width: int, device=None) -> PositionTables:
-        return position_tables(self.config, num_latent_frames, latent_height, latent_width, device)
+        key = (num_latent_frames, latent_height, latent_width, str(device))
+        if key not in self._position_cache:
+            if len(self._position_cache) >= 4:
+                self._position_cache.pop(next(iter(self._position_cache)))
+            self._position_cache[key] = position_tables(self.config, num_latent_frames, latent_height, latent_width, device)
+        return self._position_cache[key]
 
     def check_inputs(self, latents: torch.Tensor, text_embeds: torch.Tensor, timestep: torch.Tensor, ofs) -> None:
         c = self.config
