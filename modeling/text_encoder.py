@@ -19,6 +19,21 @@ from .configs import TextEncoderConfig
 logger = logging.getLogger(__name__)
 
 
+def tokenize_prompts(tokenizer, prompts: list[str], max_length: int) -> torch.Tensor:
+    """(B,) strings -> (B, L) token ids, padded and truncated to L; warns with the count of dropped tokens."""
+    ids = tokenizer(
+        prompts, padding="max_length", max_length=max_length, truncation=True,
+        add_special_tokens=True, return_tensors="pt",
+    ).input_ids  # (B, L)
+    for prompt, tokens in zip(prompts, tokenizer(prompts, add_special_tokens=True).input_ids):
+        if len(tokens) > max_length:
+            logger.warning(
+                "prompt truncated: %d tokens, the model reads %d; dropped %d tokens (%r...)",
+                len(tokens), max_length, len(tokens) - max_length, prompt[:40],
+            )
+    return ids
+
+
 class TextEncoder:
     """`encode_prompt(prompts) -> (B, L, Dt)`; the model runs in its own dtype (fp32 is safest: T5 in fp16 overflows)."""
 
@@ -65,19 +80,7 @@ class TextEncoder:
         return next(self.model.parameters()).device
 
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
-        """(B,) strings -> (B, L) token ids, padded and truncated to L; warns with the count of dropped tokens."""
-        ids = self.tokenizer(
-            prompts, padding="max_length", max_length=self.max_length, truncation=True,
-            add_special_tokens=True, return_tensors="pt",
-        ).input_ids  # (B, L)
-        full = self.tokenizer(prompts, add_special_tokens=True).input_ids
-        for prompt, tokens in zip(prompts, full):
-            if len(tokens) > self.max_length:
-                logger.warning(
-                    "prompt truncated: %d tokens, the model reads %d; dropped %d tokens (%r...)",
-                    len(tokens), self.max_length, len(tokens) - self.max_length, prompt[:40],
-                )
-        return ids
+        return tokenize_prompts(self.tokenizer, prompts, self.max_length)
 
     def count_tokens(self, prompt: str) -> int:
         return len(self.tokenizer(prompt, add_special_tokens=True).input_ids)

@@ -1,0 +1,319 @@
+"""Text-to-video and image-to-video generation over stages (DESIGN.md seam 4).
+
+prompt -> text_encoder stage -> N x denoiser stage (CFG) -> streaming vae_decoder stage -> uint8
+frames. The numbers follow diffusers' `CogVideoXPipeline` / `CogVideoXImageToVideoPipeline`
+(same random draws in the same order for the same generator), which the tests check.
+
+Letters: B videos, F latent frames, C latent channels, h, w latent size, T, H, W video size.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cogvx.modeling.configs import (
+    PRESETS, ModelConfig, SchedulerConfig, TextEncoderConfig, TransformerConfig, VAEConfig,
+    check_video_size, latent_frames,
+)
+
+from cogvx.modeling.text_encoder import tokenize_prompts
+
+from .denoise import denoise
+from .schedulers import make_scheduler
+from .stages import CACHE_PREFIX, Stage, torch_stages
+
+logger = logging.getLogger(__name__)
+
+COMPONENT_FOLDERS = ("transformer", "vae", "scheduler", "text_encoder", "tokenizer")
+
+
+class PipelineInputError(ValueError):
+    """A generation request that cannot run as asked; the message says what to change."""
+
+
+@dataclass
+class GenerationOutput:
+    frames: np.ndarray | torch.Tensor  # np: uint8 (B, T, H, W, 3); pt: float (B, T, 3, H, W) in [0, 1]
+    fps: int
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage
+
+
+def model_config_for(transformer: TransformerConfig, vae: VAEConfig, scheduler: SchedulerConfig,
+                     text_encoder: TextEncoderConfig | None = None) -> ModelConfig:
+    """The preset whose transformer this is (for its default video), else defaults from the config."""
+    image_to_video = transformer.in_channels == 2 * vae.latent_channels
+    for preset in PRESETS.values():
+        if preset.transformer == transformer:
+            return ModelConfig(preset.name, transformer, vae, text_encoder or preset.text_encoder, scheduler,
+                               preset.num_frames, preset.height, preset.width, preset.fps,
+                               preset.recommended_dtype, image_to_video)
+    height, width = 8 * transformer.sample_height, 8 * transformer.sample_width
+    if transformer.patch_size_t is not None:
+        # 1.5's sample size is the RoPE grid's maximum (2400 x 2400), not a size to generate at.
+        height, width = min(height, 768), min(width, 1360)
+    return ModelConfig("custom", transformer, vae, text_encoder or TextEncoderConfig(), scheduler,
+                       transformer.sample_frames, height, width, 16 if transformer.patch_size_t else 8,
+                       image_to_video=image_to_video)
+
+
+def decode_chunk_bounds(num_latent_frames: int, chunk: int = 2) -> list[tuple[int, int]]:
+    """The VAE's frame batches: `chunk` latent frames each, the first also takes the remainder."""
+    remainder = num_latent_frames % chunk
+    bounds = [(0, min(chunk + remainder, num_latent_frames))]
+    while bounds[-1][1] < num_latent_frames:
+        bounds.append((bounds[-1][1], bounds[-1][1] + chunk))
+    return bounds
+
+
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """(B, 3, T, H, W) in [-1, 1] -> uint8 (B, T, H, W, 3): `round(clamp(x / 2 + 0.5, 0, 1) * 255)`."""
+    video = (video.float() / 2 + 0.5).clamp(0, 1)
+    return (video * 255).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
+
+
+class CogVideoXPipeline:
+    """`pipe(prompt, ...) -> GenerationOutput`; every model stage is a `Stage` from any backend."""
+
+    def __init__(self, config: ModelConfig, stages: dict[str, Stage], tokenizer=None,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+        self.config = config
+        self.stages = stages
+        self.tokenizer = tokenizer
+        self.dtype = dtype
+        self.device = torch.device(device)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, dtype: torch.dtype = torch.float32,
+                        device: torch.device | str = "cpu", text_encoder: bool = True) -> CogVideoXPipeline:
+        """Read a diffusers-layout checkpoint folder (model_index.json + component folders)."""
+        from cogvx.modeling.text_encoder import TextEncoder
+        from cogvx.modeling.transformer import CogVideoXTransformer
+        from cogvx.modeling.vae import CogVideoXVAE
+
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"checkpoint folder {directory} does not exist")
+        needed = COMPONENT_FOLDERS if text_encoder else COMPONENT_FOLDERS[:3]
+        missing = [name for name in needed if not (directory / name).is_dir()]
+        if missing:
+            raise FileNotFoundError(
+                f"{directory} is missing component folder(s) {', '.join(f'{m}/' for m in missing)}; "
+                "a CogVideoX checkpoint in the diffusers layout has transformer/, vae/, scheduler/, "
+                "text_encoder/ and tokenizer/"
+            )
+        transformer = CogVideoXTransformer.from_pretrained(directory / "transformer", dtype).to(device)
+        vae = CogVideoXVAE.from_pretrained(directory / "vae", dtype).to(device)
+        scheduler = SchedulerConfig.from_file(directory / "scheduler" / "scheduler_config.json")
+        encoder = None
+        if text_encoder:
+            # T5 overflows in fp16 (inf embeddings); it is cheap next to the transformer, so run it in fp32.
+            text_dtype = torch.float32 if dtype == torch.float16 else dtype
+            encoder = TextEncoder.from_pretrained(directory / "text_encoder", directory / "tokenizer",
+                                                  text_dtype, transformer.config.max_text_seq_length)
+            encoder.model.to(device)
+        config = model_config_for(transformer.config, vae.config, scheduler)
+        pipe = cls(config, torch_stages(encoder, transformer, vae), encoder.tokenizer if encoder else None,
+                   dtype, device)
+        pipe.text_encoder_module = encoder
+        return pipe
+
+    # -- text --------------------------------------------------------------------------------------
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """(B,) strings -> (B, L, Dt) through the text_encoder stage; warns on truncation."""
+        if self.tokenizer is None or "text_encoder" not in self.stages:
+            raise PipelineInputError("this pipeline has no text encoder; pass prompt_embeds instead of a prompt")
+        ids = tokenize_prompts(self.tokenizer, prompts, self.config.max_text_len)  # (B, L)
+        with self._timed("text_encoder"):
+            return self.stages["text_encoder"](input_ids=ids.to(self.device))["text_embeddings"].to(self.dtype)
+
+    # -- validation --------------------------------------------------------------------------------
+
+    def check_request(self, prompt, image, num_frames, height, width, steps, guidance, scheduler, prompt_embeds):
+        c = self.config
+        if prompt is None and prompt_embeds is None:
+            raise PipelineInputError("give a prompt (or prompt_embeds)")
+        try:
+            latent_frames(num_frames, c.vae.temporal_compression)
+            check_video_size(height, width, 8 * c.transformer.patch_size)
+        except ValueError as error:
+            raise PipelineInputError(str(error)) from None
+        if steps < 1:
+            raise PipelineInputError(f"steps must be at least 1 (got {steps}); 50 is the reference setting")
+        if guidance < 0:
+            raise PipelineInputError(f"guidance must be >= 0 (got {guidance}); 6.0 is the reference setting")
+        if scheduler not in ("ddim", "dpm"):
+            raise PipelineInputError(f"scheduler must be 'ddim' or 'dpm' (got {scheduler!r})")
+        if c.image_to_video and image is None:
+            raise PipelineInputError(f"{c.name} is an image-to-video model: give an image (--image FILE)")
+        if not c.image_to_video and image is not None:
+            raise PipelineInputError(f"{c.name} is a text-to-video model and takes no image; drop --image")
+
+    # -- generation --------------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] = "",
+        image=None,
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 6.0,
+        use_dynamic_cfg: bool = False,
+        scheduler: str = "ddim",
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "np",
+        on_step: Callable[[int, int, torch.Tensor], None] | None = None,
+    ) -> GenerationOutput:
+        c = self.config
+        num_frames, height, width = num_frames or c.num_frames, height or c.height, width or c.width
+        self.check_request(prompt, image, num_frames, height, width, num_inference_steps, guidance_scale,
+                           scheduler, prompt_embeds)
+        if output_type not in ("np", "pt", "latent"):
+            raise PipelineInputError(f"output_type must be 'np', 'pt' or 'latent' (got {output_type!r})")
+        if generator is not None and seed is not None:
+            raise PipelineInputError("give a generator or a seed, not both")
+        if generator is None:
+            generator = torch.Generator(device="cpu").manual_seed(0 if seed is None else seed)
+        self.seconds: dict[str, float] = {}
+
+        # 1. text
+        if prompt_embeds is None:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            prompt_embeds = self.encode_prompts(prompts)
+        batch = prompt_embeds.shape[0]
+        guided = guidance_scale > 1.0
+        if guided and negative_prompt_embeds is None:
+            negatives = [negative_prompt] * batch if isinstance(negative_prompt, str) else list(negative_prompt)
+            negative_prompt_embeds = self.encode_prompts(negatives)
+        text = prompt_embeds.to(self.device, self.dtype)
+        if guided:
+            text = torch.cat([negative_prompt_embeds.to(self.device, self.dtype), text])  # (2B, L, Dt)
+
+        # 2. schedule and starting noise; 1.5 pads the latent frames to a multiple of its temporal patch
+        sampler = make_scheduler(scheduler, c.scheduler)
+        sampler.set_timesteps(num_inference_steps, device=self.device)
+        frames = latent_frames(num_frames, c.vae.temporal_compression)
+        p_t = c.transformer.patch_size_t or 1
+        extra_frames = (p_t - frames % p_t) % p_t
+        frames += extra_frames
+        h, w = height // c.vae.spatial_compression, width // c.vae.spatial_compression
+        channels = c.vae.latent_channels
+        image_latents = None
+        if c.image_to_video:
+            image_latents = self.image_latents(image, batch, frames, height, width, generator)
+        latents = torch.randn((batch, frames, channels, h, w), generator=generator,
+                              device=generator.device, dtype=self.dtype).to(self.device)  # (B, F, C, h, w)
+        latents = latents * sampler.init_noise_sigma
+
+        # 3. denoise
+        denoiser_inputs = {"text_embeddings": text,
+                           **{k: v for k, v in self.position_inputs(frames, h, w).items() if v is not None}}
+        if c.transformer.ofs_embed_dim:
+            denoiser_inputs["ofs"] = torch.full((text.shape[0],), 2.0, device=self.device, dtype=self.dtype)
+
+        def denoiser(model_input: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+            return self.stages["denoiser"](latents=model_input, timestep=timestep, **denoiser_inputs)["velocity"]
+
+        with self._timed("denoiser"):
+            latents = denoise(denoiser, latents, sampler, guidance_scale, use_dynamic_cfg, image_latents,
+                              generator, on_step)
+        latents = latents[:, extra_frames:]
+        if output_type == "latent":
+            return GenerationOutput(latents, c.fps, self.seconds)
+
+        # 4. streaming decode: bounded memory, frames converted as each chunk lands
+        video_chunks = []
+        with self._timed("vae_decoder"):
+            for chunk in self.decode_stream(latents):
+                video_chunks.append(torch.from_numpy(to_uint8(chunk)) if output_type == "np" else
+                                    (chunk.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 1, 3, 4).cpu())
+        video = torch.cat(video_chunks, dim=1)
+        return GenerationOutput(video.numpy() if output_type == "np" else video, c.fps, self.seconds)
+
+    def position_inputs(self, frames: int, h: int, w: int) -> dict[str, torch.Tensor | None]:
+        from cogvx.modeling.positions import position_tables
+
+        return position_tables(self.config.transformer, frames, h, w, self.device)._asdict()
+
+    def image_latents(self, image, batch: int, frames: int, height: int, width: int,
+                      generator: torch.Generator) -> torch.Tensor:
+        """The conditioning image as latents (B, F, C, h, w): encoded, scaled, zero-padded in time."""
+        c = self.config
+        pixels = prepare_image(image, height, width).to(self.device, self.dtype)  # (3, H, W)
+        samples = []
+        with self._timed("vae_encoder"):
+            for _ in range(batch):
+                out = self.stages["vae_encoder"](video=pixels[None, :, None])  # (1, 3, 1, H, W)
+                mean, logvar = out["latent_mean"], out["latent_logvar"].clamp(-30.0, 20.0)
+                noise = torch.randn(mean.shape, generator=generator, device=generator.device,
+                                    dtype=mean.dtype).to(mean.device)
+                samples.append(mean + torch.exp(0.5 * logvar) * noise)  # (1, C, 1, h, w)
+        latents = torch.cat(samples).to(self.dtype).permute(0, 2, 1, 3, 4)  # (B, 1, C, h, w)
+        scale = c.vae.scaling_factor
+        latents = latents / scale if c.vae.invert_scale_latents else latents * scale
+        padding = latents.new_zeros((batch, frames - 1, *latents.shape[2:]))
+        return torch.cat([latents, padding], dim=1)  # (B, F, C, h, w)
+
+    def decode_stream(self, latents: torch.Tensor):
+        """(B, F, C, h, w) -> yields video chunks (B, 3, T_k, H, W) in [-1, 1], carrying the conv cache."""
+        latents = latents.permute(0, 2, 1, 3, 4) / self.config.vae.scaling_factor  # (B, C, F, h, w)
+        cache: dict[str, torch.Tensor] = {}
+        for start, end in decode_chunk_bounds(latents.shape[2]):
+            out = self.stages["vae_decoder"](latents=latents[:, :, start:end], **cache)
+            cache = {name: t for name, t in out.items() if name.startswith(CACHE_PREFIX)}
+            yield out["frames"]
+
+    @contextmanager
+    def _timed(self, stage: str):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
+def prepare_image(image, height: int, width: int) -> torch.Tensor:
+    """A PIL image, a path, a uint8 array (H, W, 3) or a tensor (3, H, W) in [-1, 1] -> (3, H, W) in [-1, 1]."""
+    from PIL import Image
+
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise PipelineInputError(f"an image tensor must be (3, H, W) in [-1, 1] (got {tuple(image.shape)})")
+        return torch.nn.functional.interpolate(image[None].float(), size=(height, width), mode="bilinear")[0] \
+            if image.shape[1:] != (height, width) else image
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise PipelineInputError(f"image file {path} does not exist")
+        try:
+            image = Image.open(path)
+            image.load()
+        except OSError as error:
+            raise PipelineInputError(f"cannot read image {path} ({error}); give a PNG or JPEG") from None
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    if not isinstance(image, Image.Image):
+        raise PipelineInputError(f"unsupported image type {type(image).__name__}; give a file, PIL image or tensor")
+    image = image.convert("RGB")
+    if image.size != (width, height):
+        image = image.resize((width, height), resample=Image.LANCZOS)
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, H, W)
+    return pixels * 2 - 1
