@@ -70,7 +70,7 @@ def wall_time(repeats: int) -> dict:
 def _decode_child(mode: str, frames: int, height: int, width: int) -> None:
     """Runs in a fresh process: load the real VAE config, decode, print peak RSS growth in bytes."""
     from cogvx.modeling.vae import CogVideoXVAE
-    from cogvx.runtime.pipeline import decode_chunk_bounds
+    from cogvx.modeling.vae import DECODE_CHUNK, chunk_bounds
 
     torch.set_num_threads(2)
     vae = CogVideoXVAE.from_preset("cogvideox-5b")
@@ -80,7 +80,7 @@ def _decode_child(mode: str, frames: int, height: int, width: int) -> None:
     with torch.inference_mode():
         if mode == "streaming":
             cache = None
-            for begin, end in decode_chunk_bounds(latents.shape[2]):
+            for begin, end in chunk_bounds(latents.shape[2], DECODE_CHUNK):
                 chunk, cache = vae.decode_chunk(latents[:, :, begin:end], cache)
                 del chunk
         else:

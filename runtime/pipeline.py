@@ -25,6 +25,7 @@ from cogvx.modeling.configs import (
 )
 
 from cogvx.modeling.text_encoder import tokenize_prompts
+from cogvx.modeling.vae import DECODE_CHUNK, chunk_bounds
 
 from .denoise import denoise
 from .schedulers import make_scheduler
@@ -62,15 +63,6 @@ def model_config_for(transformer: TransformerConfig, vae: VAEConfig, scheduler: 
     return ModelConfig("custom", transformer, vae, text_encoder or TextEncoderConfig(), scheduler,
                        transformer.sample_frames, height, width, 16 if transformer.patch_size_t else 8,
                        image_to_video=image_to_video)
-
-
-def decode_chunk_bounds(num_latent_frames: int, chunk: int = 2) -> list[tuple[int, int]]:
-    """The VAE's frame batches: `chunk` latent frames each, the first also takes the remainder."""
-    remainder = num_latent_frames % chunk
-    bounds = [(0, min(chunk + remainder, num_latent_frames))]
-    while bounds[-1][1] < num_latent_frames:
-        bounds.append((bounds[-1][1], bounds[-1][1] + chunk))
-    return bounds
 
 
 def to_uint8(video: torch.Tensor) -> np.ndarray:
@@ -272,7 +264,7 @@ class CogVideoXPipeline:
         """(B, F, C, h, w) -> yields video chunks (B, 3, T_k, H, W) in [-1, 1], carrying the conv cache."""
         latents = latents.permute(0, 2, 1, 3, 4) / self.config.vae.scaling_factor  # (B, C, F, h, w)
         cache: dict[str, torch.Tensor] = {}
-        for start, end in decode_chunk_bounds(latents.shape[2]):
+        for start, end in chunk_bounds(latents.shape[2], DECODE_CHUNK):
             out = self.stages["vae_decoder"](latents=latents[:, :, start:end], **cache)
             cache = {name: t for name, t in out.items() if name.startswith(CACHE_PREFIX)}
             yield out["frames"]

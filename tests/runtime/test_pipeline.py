@@ -7,7 +7,7 @@ import pytest
 import torch
 from tiny_models import TINY_FAMILIES, make_diffusers_pipeline
 
-from cogvx.runtime.pipeline import CogVideoXPipeline, PipelineInputError, decode_chunk_bounds
+from cogvx.runtime.pipeline import CogVideoXPipeline, PipelineInputError
 
 STEPS = 4
 
@@ -76,7 +76,9 @@ def test_prompt_strings_end_to_end(pipelines):
     ours = CogVideoXPipeline.from_pretrained(folder)
     got = ours(prompt="a red square moving right", negative_prompt="a blue circle", num_frames=9, height=64,
                width=64, num_inference_steps=STEPS, seed=2).frames
-    reference.scheduler = type(reference.scheduler).from_config(reference.scheduler.config)
+    from diffusers import CogVideoXDDIMScheduler
+
+    reference.scheduler = CogVideoXDDIMScheduler.from_config(reference.scheduler.config)  # earlier cases swap it
     with torch.no_grad():
         expected = reference(prompt="a red square moving right", negative_prompt="a blue circle", num_frames=9,
                              height=64, width=64, num_inference_steps=STEPS, guidance_scale=6.0,
@@ -84,12 +86,6 @@ def test_prompt_strings_end_to_end(pipelines):
                              generator=torch.Generator().manual_seed(2), output_type="np").frames
     expected = np.round(np.asarray(expected) * 255).astype(np.int16)
     assert np.abs(got.astype(np.int16) - expected).max() <= 1
-
-
-def test_chunk_bounds_follow_the_vae_frame_batches():
-    assert decode_chunk_bounds(13) == [(0, 3), (3, 5), (5, 7), (7, 9), (9, 11), (11, 13)]
-    assert decode_chunk_bounds(4) == [(0, 2), (2, 4)]
-    assert decode_chunk_bounds(1) == [(0, 1)]
 
 
 def test_bad_requests(pipelines):
