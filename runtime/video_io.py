@@ -1,0 +1,111 @@
+"""Video files: frames -> mp4 (H.264) / gif / PNG frames, and back.
+
+Frames are uint8 (T, H, W, 3). Every file is written under a temporary name in the target folder
+and renamed when complete, so a crash never leaves a partial video that looks finished. The
+output path is checked before any generation work starts (`check_output_path`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+VIDEO_SUFFIXES = (".mp4", ".gif")
+
+
+def check_output_path(path: str | Path) -> Path:
+    """An .mp4 / .gif file, or a folder for PNG frames, whose parent exists and is writable."""
+    path = Path(path).expanduser()
+    is_folder = path.suffix == "" or str(path).endswith(os.sep)
+    if not is_folder and path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise ValueError(f"output {path}: use a .mp4 or .gif file, or a folder for PNG frames")
+    parent = path if is_folder and path.is_dir() else path.parent
+    if not parent.is_dir():
+        raise ValueError(f"output folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"output folder {parent} is not writable")
+    if path.is_dir() and not is_folder:
+        raise ValueError(f"output {path} is a folder; give a file name such as {path / 'video.mp4'}")
+    return path
+
+
+def _check_frames(frames: np.ndarray) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 (T, H, W, 3) (got {frames.dtype} {frames.shape})")
+    return frames
+
+
+def _atomic(path: Path, write) -> Path:
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write_mp4(frames: np.ndarray, file: str, fps: int) -> None:
+    import av
+
+    # H.264 with 4:2:0 chroma needs even sizes: pad the last row / column by replication.
+    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
+    if pad_h or pad_w:
+        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    with av.open(file, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps))
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.options = {"crf": "17"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def _write_gif(frames: np.ndarray, file: str, fps: int) -> None:
+    from PIL import Image
+
+    images = [Image.fromarray(frame) for frame in frames]
+    images[0].save(file, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+
+
+def write_video(frames: np.ndarray, path: str | Path, fps: int) -> Path:
+    """Write (T, H, W, 3) uint8 frames by suffix: .mp4 (H.264), .gif, or a folder of PNG frames."""
+    frames = _check_frames(frames)
+    path = check_output_path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".mp4":
+        return _atomic(path, lambda file: _write_mp4(frames, file, fps))
+    if suffix == ".gif":
+        return _atomic(path, lambda file: _write_gif(frames, file, fps))
+    from PIL import Image
+
+    path.mkdir(exist_ok=True)
+    for index, frame in enumerate(frames):
+        _atomic(path / f"frame_{index:04d}.png", lambda file, frame=frame: Image.fromarray(frame).save(file, format="PNG"))
+    return path
+
+
+def read_video(path: str | Path) -> tuple[np.ndarray, float]:
+    """(T, H, W, 3) uint8 frames and the frame rate of a video file."""
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"video {path} does not exist")
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            frames = np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(stream)])
+            rate = stream.average_rate or stream.guessed_rate
+    except (av.error.InvalidDataError, IndexError, ValueError) as error:
+        raise ValueError(f"cannot decode video {path} ({error})") from None
+    return frames, float(rate) if rate else 0.0
