@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import av
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -57,3 +58,25 @@ def test_unwritable_output_path(runner, tmp_path):
     result = runner.invoke(main, ["generate", "--prompt", "x", "--out", str(tmp_path / "no" / "such" / "dir" / "a.mp4")])
     assert result.exit_code == 2
     assert "error:" in result.output and "Traceback" not in result.output
+
+
+def test_image_to_video_from_a_file(runner, tmp_path):
+    """`--image FILE` on an I2V checkpoint (tiny, diffusers-saved) gives a video; missing image is refused."""
+    from PIL import Image
+    from tiny_models import make_diffusers_pipeline
+
+    checkpoint = tmp_path / "i2v"
+    make_diffusers_pipeline("5b-i2v", checkpoint, seed=1)
+    image = tmp_path / "first.png"
+    Image.fromarray((np.random.default_rng(0).random((48, 80, 3)) * 255).astype(np.uint8)).save(image)
+    out = tmp_path / "clip.mp4"
+    common = ["generate", "--model", str(checkpoint), "--prompt", "a red square", "--steps", "2", "--frames", "9",
+              "--height", "64", "--width", "64", "--out", str(out)]
+    result = runner.invoke(main, common + ["--image", str(image)])
+    assert result.exit_code == 0, result.output
+    with av.open(str(out)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 9
+    out.unlink()
+    result = runner.invoke(main, common)
+    assert result.exit_code == 2 and "image-to-video model: give an image" in result.output
+    assert not out.exists()
