@@ -160,7 +160,8 @@ def load_module(build, directory: str | Path, dtype: torch.dtype | None) -> nn.M
     return model.eval().requires_grad_(False)
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """`write(temporary_name)` in the target folder, then rename onto `path`; no half file on failure."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
@@ -173,7 +174,7 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def write_json(path: str | Path, data: dict) -> None:
-    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
 
 
 def save_component(
@@ -196,12 +197,12 @@ def save_component(
         shards[-1][name] = tensor
         size += nbytes
     if len(shards) == 1:
-        _atomic_write(directory / f"{prefix}.safetensors", lambda tmp: save_file(shards[0], tmp))
+        atomic_write(directory / f"{prefix}.safetensors", lambda tmp: save_file(shards[0], tmp))
     else:
         weight_map = {}
         for k, shard in enumerate(shards, start=1):
             file_name = f"{prefix}-{k:05d}-of-{len(shards):05d}.safetensors"
-            _atomic_write(directory / file_name, lambda tmp, shard=shard: save_file(shard, tmp))
+            atomic_write(directory / file_name, lambda tmp, shard=shard: save_file(shard, tmp))
             weight_map.update(dict.fromkeys(shard, file_name))
         total = sum(t.numel() * t.element_size() for t in state.values())
         write_json(directory / f"{prefix}.safetensors.index.json",

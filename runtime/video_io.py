@@ -8,11 +8,12 @@ output path is checked before any generation work starts (`check_output_path`).
 from __future__ import annotations
 
 import os
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+
+from cogvx.modeling.checkpoint import atomic_write
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
 
@@ -38,18 +39,6 @@ def _check_frames(frames: np.ndarray) -> np.ndarray:
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be uint8 (T, H, W, 3) (got {frames.dtype} {frames.shape})")
     return frames
-
-
-def _atomic(path: Path, write) -> Path:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _write_mp4(frames: np.ndarray, file: str, fps: int) -> None:
@@ -82,15 +71,14 @@ def write_video(frames: np.ndarray, path: str | Path, fps: int) -> Path:
     frames = _check_frames(frames)
     path = check_output_path(path)
     suffix = path.suffix.lower()
-    if suffix == ".mp4":
-        return _atomic(path, lambda file: _write_mp4(frames, file, fps))
-    if suffix == ".gif":
-        return _atomic(path, lambda file: _write_gif(frames, file, fps))
+    if suffix in VIDEO_SUFFIXES:
+        atomic_write(path, lambda file: (_write_mp4 if suffix == ".mp4" else _write_gif)(frames, file, fps))
+        return path
     from PIL import Image
 
     path.mkdir(exist_ok=True)
     for index, frame in enumerate(frames):
-        _atomic(path / f"frame_{index:04d}.png", lambda file, frame=frame: Image.fromarray(frame).save(file, format="PNG"))
+        atomic_write(path / f"frame_{index:04d}.png", lambda file, frame=frame: Image.fromarray(frame).save(file, format="PNG"))
     return path
 
 
