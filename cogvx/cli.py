@@ -66,7 +66,7 @@ def _generate(model: str, prompt: str, negative_prompt: str, image: str | None, 
         result = pipe(prompt=prompt, negative_prompt=negative_prompt, image=image, num_frames=frames,
                       height=height, width=width, num_inference_steps=steps, guidance_scale=guidance,
                       use_dynamic_cfg=dynamic_cfg, scheduler=scheduler, seed=seed,
-                      on_step=lambda i, t, latents: bar.update(1))
+                      on_step=lambda i, t, latents: bar.update(1) or (i == steps - 1 and bar.close()))
         bar.close()
         started_writing = time.perf_counter()
         write_video(result.frames[0], out_path, fps=result.fps)

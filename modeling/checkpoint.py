@@ -28,6 +28,8 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 WEIGHT_PREFIXES = ("diffusion_pytorch_model", "model")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class CheckpointError(ValueError):
@@ -167,6 +169,7 @@ def atomic_write(path: Path, write) -> None:
     os.close(handle)
     try:
         write(temporary)
+        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600; finished files follow the umask
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
