@@ -63,10 +63,16 @@ def _generate(model: str, prompt: str, negative_prompt: str, image: str | None, 
         pipe = CogVideoXPipeline.from_pretrained(directory, dtype=DTYPES[dtype], device=device)
         load_seconds = time.perf_counter() - started
         bar = tqdm(total=steps, desc="denoising", unit="step", file=sys.stderr)
+
+        def advance(step: int, timestep: int, latents: torch.Tensor) -> None:
+            bar.update(1)
+            if step == steps - 1:
+                bar.close()  # before the decode, so the bar's rate is the denoiser's
+
         result = pipe(prompt=prompt, negative_prompt=negative_prompt, image=image, num_frames=frames,
                       height=height, width=width, num_inference_steps=steps, guidance_scale=guidance,
                       use_dynamic_cfg=dynamic_cfg, scheduler=scheduler, seed=seed,
-                      on_step=lambda i, t, latents: bar.update(1) or (i == steps - 1 and bar.close()))
+                      on_step=advance)
         bar.close()
         started_writing = time.perf_counter()
         write_video(result.frames[0], out_path, fps=result.fps)
