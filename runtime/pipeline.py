@@ -93,6 +93,9 @@ class CogVideoXPipeline:
         directory = Path(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"checkpoint folder {directory} does not exist")
+        if not (directory / "model_index.json").is_file():
+            raise FileNotFoundError(f"{directory} has no model_index.json: not a CogVideoX checkpoint in the "
+                                    "diffusers layout (model_index.json + transformer/, vae/, scheduler/, ...)")
         needed = COMPONENT_FOLDERS if text_encoder else COMPONENT_FOLDERS[:3]
         missing = [name for name in needed if not (directory / name).is_dir()]
         if missing:

@@ -80,3 +80,13 @@ def test_image_to_video_from_a_file(runner, tmp_path):
     result = runner.invoke(main, common)
     assert result.exit_code == 2 and "image-to-video model: give an image" in result.output
     assert not out.exists()
+
+
+def test_public_api_reexports():
+    import cogvx
+    from cogvx.modeling.transformer import CogVideoXTransformer
+    from cogvx.runtime.pipeline import CogVideoXPipeline
+
+    assert cogvx.CogVideoXTransformer is CogVideoXTransformer and cogvx.CogVideoXPipeline is CogVideoXPipeline
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        cogvx.Nope  # noqa: B018
