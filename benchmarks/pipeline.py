@@ -120,7 +120,7 @@ def main() -> None:
     results |= wall_time(args.repeats)
     results |= decode_memory(args.frames, args.height, args.width)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "pipeline_cpu.json"
+    out = RESULTS / f"pipeline_cpu_{args.frames}x{args.height}x{args.width}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
 
