@@ -116,3 +116,90 @@ class TransformerDescriptor:
         if profile.min.text_len != profile.max.text_len:
             dims["text_embeddings"][1] = Dim("text_len", min=profile.min.text_len, max=profile.max.text_len)
         return dims
+
+
+def first_chunk_sizes(profile: ShapeProfile, temporal_compression: int = 4) -> list[int]:
+    """The first-chunk graph lengths a profile needs: 1 (a single latent frame), 2 (even), 3 (odd >= 3)."""
+    low, high = (spec.latent_frames(temporal_compression) for spec in (profile.min, profile.max))
+    return sorted({1 if frames == 1 else 2 + frames % 2 for frames in range(low, high + 1)})
+
+
+class DecoderChunkForExport(nn.Module):
+    """One decoder step as a graph: (latents, *cache) -> (frames, *new cache), cache in a fixed order."""
+
+    def __init__(self, vae: nn.Module, cache_names: list[str]):
+        super().__init__()
+        self.vae = vae
+        self.cache_names = cache_names
+
+    def forward(self, latents, *cache):
+        state = dict(zip(self.cache_names, cache)) if cache else None
+        frames, new_state = self.vae.decode_chunk(latents, state)
+        return (frames, *(new_state[name] for name in self.cache_names))
+
+
+@dataclass
+class VAEDecoderDescriptor:
+    """`vae_decoder_first` (no cache in, replicate padding) or `vae_decoder_next` (cache in) for chunks of
+    `chunk_frames` latent frames. The first chunk of F latent frames has 2 + F % 2 frames (1 when F = 1),
+    the next ones 2, so a profile needs one first-chunk graph per parity it covers."""
+
+    model: ModelConfig
+    first: bool
+    chunk_frames: int
+    cache_names: list[str] | None = None  # filled by sample_inputs from a real first chunk
+
+    @property
+    def component(self) -> str:
+        return f"vae_decoder_first_{self.chunk_frames}" if self.first else "vae_decoder_next"
+
+    def wrap(self, vae: nn.Module) -> nn.Module:
+        if self.cache_names is None:
+            raise RuntimeError("call sample_inputs() first: the cache layout comes from a real chunk")
+        return DecoderChunkForExport(vae, self.cache_names).eval()
+
+    @property
+    def input_names(self) -> list[str]:
+        return ["latents"] + ([] if self.first else [f"conv_cache.{n}" for n in self.cache_names])
+
+    @property
+    def output_names(self) -> list[str]:
+        return ["frames"] + [f"conv_cache_out.{n}" for n in self.cache_names]
+
+    def sample_inputs(self, vae: nn.Module, spec: ShapeSpec, dtype=torch.float32, seed: int = 0) -> dict:
+        vae_config = self.model.vae
+        h, w = spec.height // vae_config.spatial_compression, spec.width // vae_config.spatial_compression
+        generator = torch.Generator().manual_seed(seed)
+        first = torch.randn(spec.batch, vae_config.latent_channels, 2, h, w, generator=generator).to(dtype)
+        with torch.no_grad():
+            _, cache = vae.decode_chunk(first, None)
+        self.cache_names = list(cache)
+        latents = torch.randn(spec.batch, vae_config.latent_channels, self.chunk_frames, h, w, generator=generator)
+        inputs = {"latents": latents.to(dtype)}
+        if not self.first:
+            inputs |= {f"conv_cache.{name}": tensor for name, tensor in cache.items()}
+        return inputs
+
+    def dynamic_shapes(self, profile: ShapeProfile, inputs: dict) -> tuple | None:
+        """(latents axes, cache axes...) for torch.export: batch and latent height / width; each cache
+        entry's spatial size is a fixed multiple of the latent's."""
+        if profile.is_static:
+            return None
+        s = self.model.vae.spatial_compression
+        latents = inputs["latents"]
+        axes: dict[int, Dim] = {}
+        if profile.min.batch != profile.max.batch:
+            axes[0] = Dim("batch", min=profile.min.batch, max=profile.max.batch)
+        for axis, dim in ((3, "height"), (4, "width")):
+            low, high = getattr(profile.min, dim) // s, getattr(profile.max, dim) // s
+            if low != high:
+                axes[axis] = Dim(f"latent_{dim}", min=low, max=high)
+        cache_axes = []
+        for name in self.input_names[1:]:
+            entry = {0: axes[0]} if 0 in axes else {}
+            for axis in (3, 4):
+                if axis in axes:
+                    factor = inputs[name].shape[axis] // latents.shape[axis]
+                    entry[axis] = axes[axis] * factor if factor > 1 else axes[axis]
+            cache_axes.append(entry)
+        return (axes, tuple(cache_axes)) if cache_axes else (axes,)

@@ -15,6 +15,8 @@ from pathlib import Path
 import onnx
 import torch
 
+from cogvx.modeling import attention as _registers_the_op  # noqa: F401  (torch.ops.cogvx.rope_attention)
+
 from . import attention_op
 from .profiles import ShapeProfile
 
@@ -26,20 +28,29 @@ TWO_GB = 2**31
 
 def export_onnx(descriptor, module: torch.nn.Module, profile: ShapeProfile, path: str | Path,
                 dtype: torch.dtype = torch.float32) -> Path:
-    """Export `module` (already in `dtype`) as described, at the profile's opt shape."""
-    path = Path(path)
-    wrapper = descriptor.wrap(module)
+    """Export the transformer (already in `dtype`) as described, at the profile's opt shape."""
     inputs = descriptor.sample_inputs(profile.opt, dtype)
-    dynamic = descriptor.dynamic_shapes(profile)
     kwargs = {name: inputs[name] for name in descriptor.input_names}
+    return _export(descriptor.wrap(module), (), kwargs, descriptor.dynamic_shapes(profile), descriptor, Path(path))
+
+
+def export_decoder_chunk(descriptor, vae: torch.nn.Module, profile: ShapeProfile, path: str | Path,
+                         dtype: torch.dtype = torch.float32) -> Path:
+    """Export one VAE decoder step (first or next chunk), every conv cache an explicit input / output."""
+    inputs = descriptor.sample_inputs(vae, profile.opt, dtype)
+    args = tuple(inputs[name] for name in descriptor.input_names)
+    dynamic = descriptor.dynamic_shapes(profile, inputs)
+    return _export(descriptor.wrap(vae), args, None, dynamic, descriptor, Path(path))
+
+
+def _export(wrapper, args, kwargs, dynamic, descriptor, path: Path) -> Path:
     program = torch.onnx.export(
-        wrapper, (), kwargs=kwargs, dynamo=True, opset_version=OPSET, verbose=False,
+        wrapper, args, kwargs=kwargs, dynamo=True, opset_version=OPSET, verbose=False,
         input_names=list(descriptor.input_names), output_names=list(descriptor.output_names),
         dynamic_shapes=dynamic,
         custom_translation_table={torch.ops.cogvx.rope_attention.default: attention_op.translation()},
     )
-    model = attention_op.attach_function(program.model_proto)
-    save_model(model, path)
+    save_model(attention_op.attach_function(program.model_proto), path)
     return path
 
 
