@@ -109,19 +109,20 @@ class CogVideoXVAE(nn.Module):
         new_cache: Cache = {}
         return self.decoder(latents, cache, new_cache), new_cache
 
+    @staticmethod
+    def _frame_batched(x: torch.Tensor, chunk: int, step) -> torch.Tensor:
+        """Run `step(frames, cache) -> (out, cache)` over the reference frame batches and join the outputs."""
+        cache, outputs = None, []
+        for start, end in chunk_bounds(x.shape[2], chunk):
+            out, cache = step(x[:, :, start:end], cache)
+            outputs.append(out)
+        return torch.cat(outputs, dim=2)
+
     def _encode_frames(self, video: torch.Tensor) -> torch.Tensor:
-        cache, moments = None, []
-        for start, end in chunk_bounds(video.shape[2], ENCODE_CHUNK):
-            out, cache = self.encode_chunk(video[:, :, start:end], cache)
-            moments.append(out)
-        return torch.cat(moments, dim=2)
+        return self._frame_batched(video, ENCODE_CHUNK, self.encode_chunk)
 
     def _decode_frames(self, latents: torch.Tensor) -> torch.Tensor:
-        cache, frames = None, []
-        for start, end in chunk_bounds(latents.shape[2], DECODE_CHUNK):
-            out, cache = self.decode_chunk(latents[:, :, start:end], cache)
-            frames.append(out)
-        return torch.cat(frames, dim=2)
+        return self._frame_batched(latents, DECODE_CHUNK, self.decode_chunk)
 
     # -- public ------------------------------------------------------------------------------------
 

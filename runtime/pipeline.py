@@ -115,10 +115,8 @@ class CogVideoXPipeline:
                                                   text_dtype, transformer.config.max_text_seq_length)
             encoder.model.to(device)
         config = model_config_for(transformer.config, vae.config, scheduler)
-        pipe = cls(config, torch_stages(encoder, transformer, vae), encoder.tokenizer if encoder else None,
+        return cls(config, torch_stages(encoder, transformer, vae), encoder.tokenizer if encoder else None,
                    dtype, device)
-        pipe.text_encoder_module = encoder
-        return pipe
 
     # -- text --------------------------------------------------------------------------------------
 
