@@ -6,6 +6,8 @@ import logging
 import resource
 import sys
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -30,6 +32,23 @@ def peak_memory_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+@contextmanager
+def quiet_exporter():
+    """torch.export / torch.onnx warn about internals a user cannot act on; keep them for --verbose."""
+    if logging.getLogger().isEnabledFor(logging.INFO):
+        yield
+        return
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        exporter_log.setLevel(level)
+
+
 def print_table(rows: list[tuple[str, str]]) -> None:
     width = max(len(name) for name, _ in rows)
     click.echo("-" * (width + 24))
@@ -45,9 +64,10 @@ def main(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-def _generate(model: str, prompt: str, negative_prompt: str, image: str | None, frames: int | None,
+def _generate(model: str | None, prompt: str, negative_prompt: str, image: str | None, frames: int | None,
               height: int | None, width: int | None, steps: int, guidance: float, dynamic_cfg: bool,
-              scheduler: str, seed: int, dtype: str, device: str, out: str) -> None:
+              scheduler: str, seed: int, dtype: str, device: str, out: str, backend: str = "torch",
+              engines: str | None = None) -> None:
     from tqdm import tqdm
 
     from cogvx.models import resolve_model
@@ -59,8 +79,16 @@ def _generate(model: str, prompt: str, negative_prompt: str, image: str | None, 
     try:
         out_path = check_output_path(out)
         started = time.perf_counter()
-        directory = resolve_model(model)
-        pipe = CogVideoXPipeline.from_pretrained(directory, dtype=DTYPES[dtype], device=device)
+        if backend == "onnxruntime":
+            if engines is None:
+                raise UserError("--backend onnxruntime needs --engines ENGINES (made by `cogvx export`)")
+            directory = Path(engines)
+            pipe = CogVideoXPipeline.from_engines(engines, resolve_model(model) if model else None, device=device)
+        else:
+            if engines is not None:
+                raise UserError("--engines needs --backend onnxruntime")
+            directory = resolve_model(model or "toy")
+            pipe = CogVideoXPipeline.from_pretrained(directory, dtype=DTYPES[dtype], device=device)
         load_seconds = time.perf_counter() - started
         bar = tqdm(total=steps, desc="denoising", unit="step", file=sys.stderr)
 
@@ -78,7 +106,7 @@ def _generate(model: str, prompt: str, negative_prompt: str, image: str | None, 
         write_video(result.frames[0], out_path, fps=result.fps)
         write_seconds = time.perf_counter() - started_writing
     except (PipelineInputError, CheckpointError, ConfigError, FileNotFoundError, FileExistsError,
-            PermissionError, ValueError) as error:
+            PermissionError, ValueError) as error:  # EngineDirectoryError and ProfileError are ValueErrors
         raise UserError(str(error)) from None
     video = result.frames[0]
     rows = [("model", f"{directory} ({pipe.config.name})"),
@@ -117,13 +145,133 @@ def _with_options(options):
 
 
 @main.command()
-@click.option("--model", default="toy", show_default=True, help="Checkpoint folder (diffusers layout) or 'toy'.")
+@click.option("--model", default=None, help="Checkpoint folder (diffusers layout) or 'toy' [default: toy; with "
+              "--engines, only stages the engine directory lacks run from it].")
 @click.option("--prompt", required=True, help="What the video shows.")
 @_with_options(_GENERATE_OPTIONS)
+@click.option("--backend", type=click.Choice(["torch", "onnxruntime"]), default="torch", show_default=True,
+              help="Run the stages as torch modules or as ONNX Runtime sessions of --engines.")
+@click.option("--engines", type=click.Path(file_okay=False), default=None, help="Engine directory (cogvx export).")
 @click.option("--out", required=True, help="Output .mp4, .gif, or a folder for PNG frames.")
 def generate(**options) -> None:
     """Generate a video from a prompt (and an image, for I2V models)."""
     _generate(**options)
+
+
+_PROFILE_OPTIONS = [
+    click.option("--profile", default=None, help="FRAMESxHEIGHTxWIDTH (static, e.g. 49x480x720) or 'dynamic' with "
+                 "--frames/--height/--width MIN:OPT:MAX [default: the model's video, static]."),
+    click.option("--frames", default=None, help="MIN:OPT:MAX video frames (4k+1) for --profile dynamic."),
+    click.option("--height", default=None, help="MIN:OPT:MAX for --profile dynamic."),
+    click.option("--width", default=None, help="MIN:OPT:MAX for --profile dynamic."),
+    click.option("--batch", default=None, help="MIN:OPT:MAX videos per request [default: 1]."),
+    click.option("--text-len", default=None, help="MIN:OPT:MAX text tokens [default: the model's]."),
+]
+
+
+@main.command(name="export")
+@click.option("--model", default="toy", show_default=True, help="Checkpoint folder (diffusers layout) or 'toy'.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Engine directory to write.")
+@click.option("--components", default="text_encoder,transformer,vae_decoder", show_default=True,
+              help="Comma-separated: text_encoder, transformer, vae_decoder, vae_encoder (I2V).")
+@_with_options(_PROFILE_OPTIONS)
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="Graph precision (the text encoder is always fp32).")
+@click.option("--force", is_flag=True, help="Replace another model's engines in --out.")
+def export_command(model: str, out: str, components: str, profile: str | None, frames, height, width, batch,
+                   text_len, dtype: str, force: bool) -> None:
+    """Export a checkpoint to ONNX graphs + manifest.json (reuses stages already exported)."""
+    from tqdm import tqdm
+
+    from cogvx.engines.export_dir import export_engines, read_model_config
+    from cogvx.export.profiles import ShapeSpec, parse_profile
+    from cogvx.models import resolve_model
+    from cogvx.modeling.configs import ConfigError
+
+    try:
+        directory = resolve_model(model)
+        config = read_model_config(directory)
+        default = ShapeSpec(1, config.num_frames, config.height, config.width, config.max_text_len)
+        shape = parse_profile(profile or f"{default.frames}x{default.height}x{default.width}", default,
+                              frames=frames, height=height, width=width, batch=batch, text_len=text_len)
+        names = [c.strip() for c in components.split(",") if c.strip()]
+        bar = tqdm(total=len(names), desc="export", unit="component", file=sys.stderr)
+
+        def progress(component: str, state: str) -> None:
+            bar.set_postfix_str(f"{component}: {state}")
+            if state in ("reused", "done"):
+                bar.update(1)
+
+        started = time.perf_counter()
+        with quiet_exporter():
+            results = export_engines(directory, out, names, shape, DTYPES[dtype], force, progress)
+        bar.close()
+    except (ConfigError, FileNotFoundError, ValueError) as error:  # EngineDirectoryError, ProfileError
+        raise UserError(str(error)) from None
+    rows = [("model", f"{directory} ({config.name})"), ("profile", str(shape)), ("dtype", dtype)]
+    rows += [(r.component, ("reused " if r.reused else f"{r.seconds:6.1f} s  ") + ", ".join(r.files)) for r in results]
+    rows += [("total", f"{time.perf_counter() - started:6.1f} s"),
+             ("peak memory", f"{peak_memory_bytes(torch.device('cpu')) / 2**20:6.0f} MiB"),
+             ("engines", str(Path(out) / "manifest.json"))]
+    print_table(rows)
+
+
+@main.command()
+@click.option("--model", default="toy", show_default=True, help="The reference checkpoint folder or 'toy'.")
+@click.option("--engines", required=True, type=click.Path(file_okay=False), help="Engine directory (cogvx export).")
+@click.option("--prompt", default="a red square moving right", show_default=True)
+@click.option("--frames", type=int, default=None, help="Video frames [default: the engines' profile opt].")
+@click.option("--height", type=int, default=None)
+@click.option("--width", type=int, default=None)
+@click.option("--steps", type=int, default=10, show_default=True)
+@click.option("--guidance", type=float, default=6.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threshold", "overrides", multiple=True, help="Override a threshold: cosine=0.999, sqnr=40, psnr=35.")
+@click.option("--report", default="validation", show_default=True, help="Folder for report.md/.json and plots.")
+def validate(model: str, engines: str, prompt: str, frames, height, width, steps: int, guidance: float, seed: int,
+             overrides: tuple[str, ...], report: str) -> None:
+    """Run the reference and the engines on the same inputs; report per stage and end to end.
+
+    Exits 1 when a metric misses its threshold."""
+    from tqdm import tqdm
+
+    from cogvx.models import resolve_model
+    from cogvx.runtime.pipeline import CogVideoXPipeline, PipelineInputError
+    from cogvx.runtime.validate import THRESHOLDS, validate as run_validation, write_report
+
+    thresholds = {}
+    for item in overrides:
+        name, _, value = item.partition("=")
+        if name not in THRESHOLDS["fp32"] or not value:
+            raise UserError(f"--threshold {item!r}: give NAME=VALUE with NAME one of {', '.join(THRESHOLDS['fp32'])}")
+        try:
+            thresholds[name] = float(value)
+        except ValueError:
+            raise UserError(f"--threshold {item!r}: {value!r} is not a number") from None
+    try:
+        engine_pipe = CogVideoXPipeline.from_engines(engines, resolve_model(model))
+        reference = CogVideoXPipeline.from_pretrained(resolve_model(model))
+        if reference.config.transformer != engine_pipe.config.transformer:
+            raise UserError(f"{engines} was exported from another model than {model}")
+        opt = next(s.profile.opt for s in engine_pipe.stages.values() if getattr(s, "profile", None))
+        precision = engine_pipe.stages["denoiser"].record.dtype if hasattr(engine_pipe.stages["denoiser"], "record") \
+            else "fp32"
+        bar = tqdm(total=2, desc="validate", unit="run", file=sys.stderr)
+        result = run_validation(reference, engine_pipe, prompt, frames or opt.frames, height or opt.height,
+                                width or opt.width, steps, guidance, seed, precision, thresholds,
+                                progress=lambda name: bar.update(1))
+        bar.close()
+        files = write_report(result, report)
+    except (PipelineInputError, FileNotFoundError, ValueError) as error:
+        raise UserError(str(error)) from None
+    rows = [(stage, f"cosine {m['cosine']:.7f}  SQNR {m['sqnr']:6.1f} dB  max abs {m['max_abs']:.2e}")
+            for stage, m in result.stages.items()]
+    rows += [("video PSNR", f"min {min(result.frame_psnr):.1f} dB over {len(result.frame_psnr)} frames"),
+             ("result", "PASSED" if result.passed else "FAILED: " + "; ".join(result.failures)),
+             ("report", ", ".join(str(f) for f in files))]
+    print_table(rows)
+    if not result.passed:
+        sys.exit(1)
 
 
 @main.command()

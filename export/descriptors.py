@@ -203,3 +203,107 @@ class VAEDecoderDescriptor:
                     entry[axis] = axes[axis] * factor if factor > 1 else axes[axis]
             cache_axes.append(entry)
         return (axes, tuple(cache_axes)) if cache_axes else (axes,)
+
+
+class T5EncoderForExport(nn.Module):
+    """transformers' T5 encoder, same weights, with an attention written for export.
+
+    transformers 5's T5 attention reshapes a transposed tensor (`reshape` after `transpose`), which
+    torch.export cannot do with a dynamic batch. This wrapper calls the model's own modules (layer
+    norms, q / k / v / o, relative position bias, feed-forward) and only writes the head split and
+    merge itself. No padding mask: CogVideoX encodes prompts padded to the full length without one.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) int64 -> (B, L, Dt)."""
+        encoder = self.model.encoder
+        x = encoder.embed_tokens(input_ids)  # (B, L, Dt)
+        L = input_ids.shape[1]
+        bias = encoder.block[0].layer[0].SelfAttention.compute_bias(L, L, device=x.device)  # (1, N, L, L)
+        for block in encoder.block:
+            attention = block.layer[0].SelfAttention
+            heads, head_dim = attention.n_heads, attention.key_value_proj_dim
+            h = block.layer[0].layer_norm(x)
+            q, k, v = (proj(h).unflatten(-1, (heads, head_dim)).transpose(1, 2)
+                       for proj in (attention.q, attention.k, attention.v))  # (B, N, L, Dh)
+            weights = torch.softmax(q @ k.transpose(-1, -2) + bias, dim=-1)  # (B, N, L, L), T5: no 1/sqrt(Dh)
+            out = (weights @ v).transpose(1, 2).flatten(2)  # (B, L, N*Dh)
+            x = x + attention.o(out)
+            x = block.layer[-1](x)  # pre-norm feed-forward with its residual
+        return encoder.final_layer_norm(x)
+
+
+@dataclass
+class TextEncoderDescriptor:
+    """The `text_encoder` stage: input_ids (B, L) -> text_embeddings (B, L, Dt), always fp32 (T5
+    overflows in fp16). B covers the CFG batch (prompts and negative prompts)."""
+
+    model: ModelConfig
+    component: str = "text_encoder"
+    input_names = ["input_ids"]
+    output_names = ["text_embeddings"]
+
+    def wrap(self, text_model: nn.Module) -> nn.Module:
+        return T5EncoderForExport(text_model).eval()
+
+    def sample_inputs(self, spec: ShapeSpec, dtype: torch.dtype = torch.float32, batch: int | None = None,
+                      seed: int = 0) -> dict[str, torch.Tensor]:
+        batch = 2 * spec.batch if batch is None else batch
+        generator = torch.Generator().manual_seed(seed)
+        vocab = self.model.text_encoder.vocab_size
+        return {"input_ids": torch.randint(0, vocab, (batch, spec.text_len), generator=generator)}
+
+    def dynamic_shapes(self, profile: ShapeProfile) -> dict[str, dict[int, Dim]] | None:
+        if profile.is_static:
+            return None
+        axes = {0: Dim("batch", min=profile.min.batch, max=2 * profile.max.batch)}
+        if profile.min.text_len != profile.max.text_len:
+            axes[1] = Dim("text_len", min=profile.min.text_len, max=profile.max.text_len)
+        return {"input_ids": axes}
+
+
+class VAEEncoderForExport(nn.Module):
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, video: torch.Tensor):
+        posterior = self.vae.encode(video, tiled=False)
+        return posterior.mean, posterior.logvar
+
+
+@dataclass
+class VAEEncoderDescriptor:
+    """The `vae_encoder` stage for image-to-video: video (B, 3, 1, H, W) -> latent_mean, latent_logvar
+    (B, C, 1, h, w). One frame (the conditioning image); dynamic batch, height and width."""
+
+    model: ModelConfig
+    component: str = "vae_encoder"
+    frames: int = 1
+    input_names = ["video"]
+    output_names = ["latent_mean", "latent_logvar"]
+
+    def wrap(self, vae: nn.Module) -> nn.Module:
+        return VAEEncoderForExport(vae).eval()
+
+    def sample_inputs(self, spec: ShapeSpec, dtype: torch.dtype = torch.float32, seed: int = 0) -> dict:
+        generator = torch.Generator().manual_seed(seed)
+        video = torch.rand(spec.batch, 3, self.frames, spec.height, spec.width, generator=generator) * 2 - 1
+        return {"video": video.to(dtype)}
+
+    def dynamic_shapes(self, profile: ShapeProfile) -> dict[str, dict[int, Dim]] | None:
+        if profile.is_static:
+            return None
+        s = self.model.vae.spatial_compression
+        axes: dict[int, Dim] = {}
+        if profile.min.batch != profile.max.batch:
+            axes[0] = Dim("batch", min=profile.min.batch, max=profile.max.batch)
+        for axis, dim in ((3, "height"), (4, "width")):
+            low, high = getattr(profile.min, dim) // s, getattr(profile.max, dim) // s
+            if low != high:
+                axes[axis] = Dim(f"latent_{dim}", min=low, max=high) * s
+        return {"video": axes}

@@ -16,6 +16,7 @@ import onnx
 import torch
 
 from cogvx.modeling import attention as _registers_the_op  # noqa: F401  (torch.ops.cogvx.rope_attention)
+from cogvx.modeling.checkpoint import atomic_write
 
 from . import attention_op
 from .profiles import ShapeProfile
@@ -54,43 +55,22 @@ def _export(wrapper, args, kwargs, dynamic, descriptor, path: Path) -> Path:
     return path
 
 
-def save_model(model: onnx.ModelProto, path: Path) -> None:
-    """Check, then write atomically; external data (one file) past 2 GB."""
+def save_model(model: onnx.ModelProto, path: Path, external_threshold: int | None = None) -> None:
+    """Check, then write atomically; weights in one external data file when the model passes
+    `external_threshold` bytes (protobuf cannot hold more than 2 GB)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    large = model.ByteSize() > TWO_GB if not _has_external(model) else True
-    if not large:
+    if model.ByteSize() <= (TWO_GB if external_threshold is None else external_threshold):
         onnx.checker.check_model(model, full_check=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
+        atomic_write(path, lambda temporary: onnx.save_model(model, temporary))
+        return
     data_name = f"{path.name}.data"
-    temporary_data = Path(temporary).with_name(Path(temporary).name + ".data")
-    try:
-        if large:
-            onnx.save_model(model, temporary, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=temporary_data.name, size_threshold=1024)
-            onnx.checker.check_model(temporary, full_check=True)
-            # the .onnx names its data file: rewrite the reference to the final name before renaming
-            final = onnx.load(temporary, load_external_data=False)
-            for tensor in _external_tensors(final):
-                for entry in tensor.external_data:
-                    if entry.key == "location":
-                        entry.value = data_name
-            onnx.save_model(final, temporary)
-            os.replace(temporary_data, path.parent / data_name)
-        else:
-            onnx.save_model(model, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        temporary_data.unlink(missing_ok=True)
-        raise
-
-
-def _external_tensors(model: onnx.ModelProto):
-    for tensor in model.graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            yield tensor
-
-
-def _has_external(model: onnx.ModelProto) -> bool:
-    return any(True for _ in _external_tensors(model))
+    # Both files are written in a staging folder and moved data first: the .onnx, the file that
+    # looks finished, appears last, and it names its data file by the final name.
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as staging:
+        staged = Path(staging) / path.name
+        onnx.save_model(model, staged, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)
+        onnx.checker.check_model(str(staged), full_check=True)
+        for name in (data_name, path.name):
+            os.chmod(Path(staging) / name, 0o644)
+            os.replace(Path(staging) / name, path.parent / name)

@@ -118,6 +118,60 @@ class CogVideoXPipeline:
         return cls(config, torch_stages(encoder, transformer, vae), encoder.tokenizer if encoder else None,
                    dtype, device)
 
+    @classmethod
+    def from_engines(cls, engine_dir: str | Path, model_dir: str | Path | None = None,
+                     providers: list[str] | None = None, device: torch.device | str = "cpu") -> CogVideoXPipeline:
+        """Stages from an engine directory on ONNX Runtime; stages it lacks come from the torch
+        checkpoint at `model_dir` when given (e.g. T5 in torch, the rest on ONNX Runtime)."""
+        from cogvx.engines.manifest import EngineDirectoryError
+        from cogvx.runtime.onnxruntime_backend import onnxruntime_stages
+
+        engine_dir = Path(engine_dir)
+        stages, manifest = onnxruntime_stages(engine_dir, providers)
+        configs = manifest.configs
+        transformer = TransformerConfig.from_dict(configs["transformer"])
+        config = model_config_for(transformer, VAEConfig.from_dict(configs["vae"]),
+                                  SchedulerConfig.from_dict(configs["scheduler"]),
+                                  TextEncoderConfig.from_dict(configs["text_encoder"]))
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(manifest.stages["transformer"].dtype,
+                                                                    torch.float32) \
+            if "transformer" in manifest.stages else torch.float32
+        tokenizer = None
+        if (engine_dir / "tokenizer").is_dir():
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(engine_dir / "tokenizer")
+        missing = [name for name in ("text_encoder", "denoiser", "vae_decoder") if name not in stages]
+        if config.image_to_video and "vae_encoder" not in stages:
+            missing.append("vae_encoder")
+        if missing and model_dir is None:
+            raise EngineDirectoryError(f"{engine_dir} has no engines for {', '.join(missing)}; export them "
+                                       "(cogvx export --components ...) or pass the checkpoint (--model) to run "
+                                       "them in torch")
+        if missing:
+            reference = cls.from_pretrained(model_dir, dtype=dtype, device=device,
+                                            text_encoder="text_encoder" in missing)
+            if reference.config.transformer != transformer:
+                raise EngineDirectoryError(f"{model_dir} is not the model these engines were exported from "
+                                           f"({manifest.source_path})")
+            stages |= {name: reference.stages[name] for name in missing}
+            tokenizer = tokenizer or reference.tokenizer
+        logger.info("stages: %s", {name: type(stage).__name__ for name, stage in stages.items()})
+        return cls(config, stages, tokenizer, dtype, device)
+
+    def check_profiles(self, batch: int, num_frames: int, height: int, width: int) -> None:
+        """Refuse a request outside any engine stage's shape profile, before any run."""
+        from cogvx.export.profiles import ProfileError, ShapeSpec
+
+        spec = ShapeSpec(batch, num_frames, height, width, self.config.max_text_len)
+        for name, stage in self.stages.items():
+            profile = getattr(stage, "profile", None)
+            if profile is not None:
+                try:
+                    profile.check(spec)
+                except ProfileError as error:
+                    raise PipelineInputError(f"{name} engine: {error}") from None
+
     # -- text --------------------------------------------------------------------------------------
 
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
@@ -181,6 +235,11 @@ class CogVideoXPipeline:
             raise PipelineInputError("give a generator or a seed, not both")
         if generator is None:
             generator = torch.Generator(device="cpu").manual_seed(0 if seed is None else seed)
+        if prompt_embeds is not None:
+            requested = prompt_embeds.shape[0]
+        else:
+            requested = 1 if isinstance(prompt, str) else len(prompt)
+        self.check_profiles(requested, num_frames, height, width)
         self.seconds: dict[str, float] = {}
 
         # 1. text

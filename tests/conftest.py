@@ -20,3 +20,20 @@ def tiny_transformer_dir(tmp_path_factory):
         return made[variant]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """family -> a tiny random checkpoint folder in the diffusers layout (written by diffusers)."""
+    from tiny_models import make_diffusers_pipeline
+
+    made: dict[str, object] = {}
+
+    def get(family: str):
+        if family not in made:
+            folder = tmp_path_factory.mktemp(f"checkpoint-{family}")
+            make_diffusers_pipeline(family, folder, seed=5)
+            made[family] = folder
+        return made[family]
+
+    return get

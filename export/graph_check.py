@@ -1,0 +1,85 @@
+"""Graph hygiene checks an exported model must pass before TensorRT sees it.
+
+`tensorrt_onnx_ops.json` is TensorRT's ONNX operator support matrix kept as data (the parser's
+`docs/operators.md`, TensorRT 10, opsets 9 to 20). Every op in the main graph and in the local
+function bodies must be in it: the function bodies are what TensorRT inlines when the attention
+plugin is not loaded. Custom-domain nodes must carry the plugin attributes TensorRT's plugin
+lookup reads.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+
+import onnx
+
+PLUGIN_ATTRIBUTES = ("plugin_namespace", "plugin_version")
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT: "FP32", onnx.TensorProto.FLOAT16: "FP16", onnx.TensorProto.BFLOAT16: "BF16"}
+
+
+@cache
+def tensorrt_support() -> dict:
+    return json.loads(resources.files("cogvx.export").joinpath("tensorrt_onnx_ops.json").read_text())
+
+
+@dataclass
+class GraphReport:
+    """What `check_graph` found; `problems` is empty for a TensorRT-ready graph."""
+
+    op_types: set[str] = field(default_factory=set)
+    plugin_nodes: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def raise_if_any(self, name: str) -> None:
+        if self.problems:
+            raise ValueError(f"{name} is not TensorRT-ready: " + "; ".join(self.problems))
+
+
+def _nodes(graph: onnx.GraphProto):
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from _nodes(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _nodes(subgraph)
+
+
+def check_graph(model: onnx.ModelProto) -> GraphReport:
+    """Ops against the support matrix, plugin attributes on custom nodes, explicit I/O dtypes, opset range."""
+    support = tensorrt_support()
+    operators, (low, high) = support["operators"], support["opsets"]
+    report = GraphReport()
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None or not low <= opset <= high:
+        report.problems.append(f"opset {opset} is outside TensorRT's range {low}..{high}")
+    local = {(f.domain, f.name) for f in model.functions}
+    bodies = [node for function in model.functions for node in function.node]
+    for node in [*_nodes(model.graph), *bodies]:
+        if node.domain in ("", "ai.onnx"):
+            report.op_types.add(node.op_type)
+            entry = operators.get(node.op_type)
+            if entry is None or not entry["supported"]:
+                report.problems.append(f"op {node.op_type} ({node.name}) is not in TensorRT's ONNX support matrix")
+        elif (node.domain, node.op_type) in local:
+            report.op_types.add(f"{node.domain}::{node.op_type}")
+            report.plugin_nodes += 1
+            names = {a.name for a in node.attribute}
+            missing = [a for a in PLUGIN_ATTRIBUTES if a not in names]
+            if missing:
+                report.problems.append(f"custom node {node.name} lacks plugin attributes {missing}")
+        else:
+            report.problems.append(f"node {node.name} uses {node.domain}::{node.op_type}, neither ONNX nor a local function")
+    for value in [*model.graph.input, *model.graph.output]:
+        if not value.type.tensor_type.elem_type:
+            report.problems.append(f"graph input/output {value.name} has no explicit dtype")
+    return report
+
+
+def io_float_types(model: onnx.ModelProto) -> set[str]:
+    """The floating-point dtypes of the graph's inputs and outputs, as TensorRT names them."""
+    return {_FLOAT_TYPES[v.type.tensor_type.elem_type] for v in [*model.graph.input, *model.graph.output]
+            if v.type.tensor_type.elem_type in _FLOAT_TYPES}

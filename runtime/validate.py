@@ -1,0 +1,208 @@
+"""`cogvx validate`: the same inputs through the reference and through the engines, measured.
+
+Per stage (cosine, SQNR dB, max abs / rel error):
+- text_encoder on the same token ids;
+- denoiser at every step of the reference trajectory, both stages fed the identical inputs
+  (the single-step error), plus the drift of the free-running engine trajectory from the
+  reference one (the latents after each step);
+- vae_decoder: the engine's streaming decode against the reference's frame-batched decode of
+  the same latents; vae_encoder (I2V engines) on the same image.
+End to end: both pipelines with the same seed, video PSNR per frame.
+
+The report (report.json, report.md, drift.png, psnr.png) goes to a folder; `passed` is False
+when any metric misses its threshold. Thresholds depend on the engines' precision.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+PSNR_CAP = 150.0  # dB; identical tensors report the cap instead of infinity
+
+# minimum cosine, minimum SQNR (dB) per stage, minimum video PSNR (dB) end to end
+THRESHOLDS = {
+    "fp32": {"cosine": 0.99999, "sqnr": 60.0, "psnr": 50.0},
+    "fp16": {"cosine": 0.999, "sqnr": 30.0, "psnr": 30.0},
+    "bf16": {"cosine": 0.99, "sqnr": 20.0, "psnr": 25.0},
+}
+
+
+def compare(reference: torch.Tensor, candidate: torch.Tensor) -> dict[str, float]:
+    """cosine, SQNR (dB), max abs error, max error relative to the reference's max magnitude."""
+    ref, cand = reference.detach().double().flatten().cpu(), candidate.detach().double().flatten().cpu()
+    noise = (ref - cand).pow(2).sum().item()
+    signal = ref.pow(2).sum().item()
+    max_abs = (ref - cand).abs().max().item()
+    return {
+        "cosine": torch.nn.functional.cosine_similarity(ref, cand, dim=0, eps=1e-30).item(),
+        "sqnr": PSNR_CAP if noise == 0 else min(PSNR_CAP, 10 * math.log10(max(signal, 1e-30) / noise)),
+        "max_abs": max_abs,
+        "max_rel": max_abs / max(ref.abs().max().item(), 1e-12),
+    }
+
+
+def video_psnr(reference: torch.Tensor, candidate: torch.Tensor) -> list[float]:
+    """Per-frame PSNR (dB) of (B, T, 3, H, W) videos in [0, 1], capped at PSNR_CAP."""
+    mse = (reference.double() - candidate.double()).pow(2).mean(dim=(0, 2, 3, 4))  # (T,)
+    return [PSNR_CAP if m == 0 else min(PSNR_CAP, -10 * math.log10(m)) for m in mse.tolist()]
+
+
+@dataclass
+class Report:
+    precision: str
+    thresholds: dict[str, float]
+    request: dict
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    denoiser_steps: list[dict[str, float]] = field(default_factory=list)
+    drift: list[dict[str, float]] = field(default_factory=list)
+    frame_psnr: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def judge(self) -> None:
+        t = self.thresholds
+        for stage, metrics in self.stages.items():
+            if metrics["cosine"] < t["cosine"]:
+                self.failures.append(f"{stage}: cosine {metrics['cosine']:.6f} < {t['cosine']}")
+            if metrics["sqnr"] < t["sqnr"]:
+                self.failures.append(f"{stage}: SQNR {metrics['sqnr']:.1f} dB < {t['sqnr']} dB")
+        if self.frame_psnr and min(self.frame_psnr) < t["psnr"]:
+            worst = min(range(len(self.frame_psnr)), key=self.frame_psnr.__getitem__)
+            self.failures.append(f"video: frame {worst} PSNR {self.frame_psnr[worst]:.1f} dB < {t['psnr']} dB")
+
+
+def validate(reference, engines, prompt: str, num_frames: int, height: int, width: int, steps: int,
+             guidance: float, seed: int, precision: str, thresholds: dict[str, float] | None = None,
+             progress=None) -> Report:
+    """`reference` and `engines` are CogVideoXPipelines over the same model (torch / engine stages)."""
+    limits = dict(THRESHOLDS[precision]) | (thresholds or {})
+    request = {"prompt": prompt, "frames": num_frames, "height": height, "width": width, "steps": steps,
+               "guidance": guidance, "seed": seed}
+    report = Report(precision, limits, request)
+    engines.check_profiles(1, num_frames, height, width)
+
+    if "text_encoder" in engines.stages and reference.tokenizer is not None:
+        from cogvx.modeling.text_encoder import tokenize_prompts
+
+        ids = tokenize_prompts(reference.tokenizer, [prompt, ""], reference.config.max_text_len)
+        report.stages["text_encoder"] = compare(reference.stages["text_encoder"](input_ids=ids)["text_embeddings"],
+                                                engines.stages["text_encoder"](input_ids=ids)["text_embeddings"])
+
+    # the reference run; its denoiser also feeds each step's exact inputs to the engine's denoiser
+    reference_denoiser, engine_denoiser = reference.stages["denoiser"], engines.stages["denoiser"]
+
+    def paired(**inputs):
+        out = reference_denoiser(**inputs)
+        report.denoiser_steps.append(compare(out["velocity"], engine_denoiser(**inputs)["velocity"]))
+        return out
+
+    image = None
+    if reference.config.image_to_video:  # a fixed, smooth conditioning image
+        y, x = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
+        image = torch.stack([x, y, x * y])  # (3, H, W) in [-1, 1]
+    trajectories: dict[str, list[torch.Tensor]] = {"reference": [], "engines": []}
+    runs = {}
+    for name, pipe in (("reference", reference), ("engines", engines)):
+        record = trajectories[name]
+        if name == "reference":
+            pipe.stages = pipe.stages | {"denoiser": paired}
+        try:
+            runs[name] = pipe(prompt=prompt, image=image, num_frames=num_frames, height=height, width=width,
+                              num_inference_steps=steps, guidance_scale=guidance, seed=seed, output_type="pt",
+                              on_step=lambda step, t, latents, record=record: record.append(latents.clone()))
+        finally:
+            if name == "reference":
+                pipe.stages = pipe.stages | {"denoiser": reference_denoiser}
+        if progress:
+            progress(name)
+    worst = min(report.denoiser_steps, key=lambda m: m["sqnr"])
+    report.stages["denoiser"] = worst  # the worst single step
+    report.drift = [compare(a, b) for a, b in zip(trajectories["reference"], trajectories["engines"])]
+
+    latents = trajectories["reference"][-1]  # the reference's final latents, one input for both decoders
+    frames = (num_frames - 1) // reference.config.vae.temporal_compression + 1
+    latents = latents[:, latents.shape[1] - frames:]  # 1.5 drops its padding frames
+    decoded = {name: torch.cat(list(pipe.decode_stream(latents)), dim=2) for name, pipe in
+               (("reference", reference), ("engines", engines))}
+    report.stages["vae_decoder"] = compare(decoded["reference"], decoded["engines"])
+
+    if "vae_encoder" in engines.stages:
+        generator = torch.Generator().manual_seed(seed)
+        image = torch.rand(1, 3, 1, height, width, generator=generator) * 2 - 1
+        out = {name: pipe.stages["vae_encoder"](video=image)["latent_mean"] for name, pipe in
+               (("reference", reference), ("engines", engines))}
+        report.stages["vae_encoder"] = compare(out["reference"], out["engines"])
+
+    report.frame_psnr = video_psnr(runs["reference"].frames, runs["engines"].frames)
+    report.judge()
+    return report
+
+
+def write_report(report: Report, folder: str | Path) -> list[Path]:
+    """report.json, report.md, drift.png and psnr.png in `folder` (each written atomically)."""
+    from cogvx.modeling.checkpoint import atomic_write, write_json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {"passed": report.passed, **report.__dict__}
+    write_json(folder / "report.json", data)
+    lines = [f"# Engine validation: {'PASSED' if report.passed else 'FAILED'}", "",
+             f"Precision {report.precision}; thresholds: cosine >= {report.thresholds['cosine']}, "
+             f"SQNR >= {report.thresholds['sqnr']} dB per stage, video PSNR >= {report.thresholds['psnr']} dB.",
+             f"Request: {json.dumps(report.request)}", "",
+             "| stage | cosine | SQNR dB | max abs | max rel |", "|---|---|---|---|---|"]
+    for stage, m in report.stages.items():
+        label = f"{stage} (worst of {len(report.denoiser_steps)} steps)" if stage == "denoiser" else stage
+        lines.append(f"| {label} | {m['cosine']:.7f} | {m['sqnr']:.1f} | {m['max_abs']:.3g} | {m['max_rel']:.3g} |")
+    if report.frame_psnr:
+        lines += ["", f"Video PSNR per frame: min {min(report.frame_psnr):.1f} dB, mean "
+                      f"{sum(report.frame_psnr) / len(report.frame_psnr):.1f} dB (capped at {PSNR_CAP:.0f})"]
+    if report.drift:
+        lines += [f"Latent drift after the last step: SQNR {report.drift[-1]['sqnr']:.1f} dB"]
+    lines += ["", "## Failures", *(f"- {f}" for f in report.failures)] if report.failures else []
+    lines += ["", "![drift](drift.png)", "![psnr](psnr.png)", ""]
+    atomic_write(folder / "report.md", lambda tmp: Path(tmp).write_text("\n".join(lines)))
+    return [folder / "report.json", folder / "report.md", *_plots(report, folder)]
+
+
+def _plots(report: Report, folder: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cogvx.modeling.checkpoint import atomic_write
+
+    written = []
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    axis.plot([m["sqnr"] for m in report.drift], marker="o", label="latents after step (free-running)")
+    axis.plot([m["sqnr"] for m in report.denoiser_steps], marker="x", label="denoiser output (same inputs)")
+    axis.axhline(report.thresholds["sqnr"], color="red", linestyle="--", label="threshold")
+    axis.set(xlabel="denoising step", ylabel="SQNR vs reference (dB)", title="Per-step drift")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    atomic_write(folder / "drift.png", lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+    written.append(folder / "drift.png")
+    plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    axis.plot(report.frame_psnr, marker="o")
+    axis.axhline(report.thresholds["psnr"], color="red", linestyle="--", label="threshold")
+    axis.set(xlabel="frame", ylabel="PSNR vs reference (dB)", title="End-to-end video PSNR per frame")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    atomic_write(folder / "psnr.png", lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+    written.append(folder / "psnr.png")
+    plt.close(figure)
+    return written
