@@ -147,6 +147,7 @@ def export_engines(model_dir: str | Path, out: str | Path, components: list[str]
     sources = {SOURCE_FOLDERS[c]: folder_fingerprint(model_dir / SOURCE_FOLDERS[c]) for c in components}
     manifest = _open_directory(out, model_dir, model, sources, force)
     out.mkdir(parents=True, exist_ok=True)
+    manifest.save(out)  # from here on the folder is recognisably an engine directory of this model
     if "text_encoder" in components:
         _copy_tokenizer(model_dir / "tokenizer", out / "tokenizer")
 

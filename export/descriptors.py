@@ -93,10 +93,9 @@ class TransformerDescriptor:
             inputs["ofs"] = torch.full((batch,), 2.0, dtype=dtype)
         return inputs | self.table_inputs(spec)
 
-    def dynamic_shapes(self, profile: ShapeProfile) -> dict[str, dict[int, Dim]] | None:
-        """torch.export dims for the profile's ranges; None when static."""
-        if profile.is_static:
-            return None
+    def dynamic_shapes(self, profile: ShapeProfile) -> dict[str, dict[int, Dim]]:
+        """torch.export dims for the profile's ranges. The batch is always dynamic, from the
+        smallest batch without guidance to twice the largest (CFG), even in a static profile."""
         t = self.model.transformer
         p_t, p = t.patch_size_t or 1, t.patch_size
         low, high = (self.latent_shape(spec, 1) for spec in (profile.min, profile.max))
@@ -257,9 +256,8 @@ class TextEncoderDescriptor:
         vocab = self.model.text_encoder.vocab_size
         return {"input_ids": torch.randint(0, vocab, (batch, spec.text_len), generator=generator)}
 
-    def dynamic_shapes(self, profile: ShapeProfile) -> dict[str, dict[int, Dim]] | None:
-        if profile.is_static:
-            return None
+    def dynamic_shapes(self, profile: ShapeProfile) -> dict[str, dict[int, Dim]]:
+        """Batch always dynamic (prompts alone, or prompts and negative prompts together)."""
         axes = {0: Dim("batch", min=profile.min.batch, max=2 * profile.max.batch)}
         if profile.min.text_len != profile.max.text_len:
             axes[1] = Dim("text_len", min=profile.min.text_len, max=profile.max.text_len)

@@ -9,6 +9,7 @@ Letters: B videos, F latent frames, C latent channels, h, w latent size, T, H, W
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -124,6 +125,7 @@ class CogVideoXPipeline:
         """Stages from an engine directory on ONNX Runtime; stages it lacks come from the torch
         checkpoint at `model_dir` when given (e.g. T5 in torch, the rest on ONNX Runtime)."""
         from cogvx.engines.manifest import EngineDirectoryError
+        from cogvx.export.profiles import ShapeProfile
         from cogvx.runtime.onnxruntime_backend import onnxruntime_stages
 
         engine_dir = Path(engine_dir)
@@ -157,6 +159,9 @@ class CogVideoXPipeline:
             stages |= {name: reference.stages[name] for name in missing}
             tokenizer = tokenizer or reference.tokenizer
         logger.info("stages: %s", {name: type(stage).__name__ for name, stage in stages.items()})
+        if "transformer" in manifest.stages:  # the default video is the one the engines were built for
+            opt = ShapeProfile.from_dict(manifest.stages["transformer"].profile).opt
+            config = dataclasses.replace(config, num_frames=opt.frames, height=opt.height, width=opt.width)
         return cls(config, stages, tokenizer, dtype, device)
 
     def check_profiles(self, batch: int, num_frames: int, height: int, width: int) -> None:
@@ -170,7 +175,7 @@ class CogVideoXPipeline:
                 try:
                     profile.check(spec)
                 except ProfileError as error:
-                    raise PipelineInputError(f"{name} engine: {error}") from None
+                    raise PipelineInputError(str(error)) from None
 
     # -- text --------------------------------------------------------------------------------------
 

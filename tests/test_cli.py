@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+
 import av
 import numpy as np
 import pytest
@@ -90,3 +94,69 @@ def test_public_api_reexports():
     assert cogvx.CogVideoXTransformer is CogVideoXTransformer and cogvx.CogVideoXPipeline is CogVideoXPipeline
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         cogvx.Nope  # noqa: B018
+
+
+@pytest.fixture(scope="module")
+def toy_engines(runner, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli-engines") / "toy"
+    result = runner.invoke(main, ["export", "--out", str(out), "--profile", "9x64x64"])
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_export_writes_an_engine_directory_and_reuses_it(runner, toy_engines):
+    out, first = toy_engines
+    assert "transformer" in first and "vae_decoder_first_3.onnx" in first and (out / "manifest.json").is_file()
+    again = runner.invoke(main, ["export", "--out", str(out), "--profile", "9x64x64"])
+    assert again.exit_code == 0
+    assert re.findall(r"^(\w+) +reused", again.output, re.M) == ["text_encoder", "transformer", "vae_decoder"]
+
+
+def test_generate_on_onnxruntime(runner, toy_engines, tmp_path):
+    out, _ = toy_engines
+    clip = tmp_path / "clip.mp4"
+    common = ["generate", "--backend", "onnxruntime", "--engines", str(out), "--prompt", "a red square moving right",
+              "--steps", "2"]
+    result = runner.invoke(main, common + ["--out", str(clip)])
+    assert result.exit_code == 0, result.output
+    with av.open(str(clip)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 9
+    refused = runner.invoke(main, common + ["--frames", "17", "--out", str(tmp_path / "never.mp4")])
+    assert refused.exit_code == 2 and "frames 17 is outside this engine's profile (exactly 9)" in refused.output
+    assert not (tmp_path / "never.mp4").exists()
+    shutil.copytree(out, tmp_path / "broken")
+    graph = tmp_path / "broken" / "transformer.onnx"
+    graph.write_bytes(graph.read_bytes()[:1000])
+    broken = runner.invoke(main, ["generate", "--backend", "onnxruntime", "--engines", str(tmp_path / "broken"),
+                                  "--prompt", "x", "--out", str(tmp_path / "never.mp4")])
+    assert broken.exit_code == 2 and "does not match the manifest" in broken.output and "Traceback" not in broken.output
+
+
+def test_validate_reports_and_exits_nonzero_on_a_missed_threshold(runner, toy_engines, tmp_path):
+    out, _ = toy_engines
+    report = tmp_path / "report"
+    result = runner.invoke(main, ["validate", "--engines", str(out), "--steps", "2", "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((report / "report.json").read_text())
+    assert data["passed"] and min(data["frame_psnr"]) >= 50 and (report / "psnr.png").is_file()
+    strict = runner.invoke(main, ["validate", "--engines", str(out), "--steps", "2", "--report", str(report),
+                                  "--threshold", "psnr=1000"])
+    assert strict.exit_code == 1 and "FAILED" in strict.output
+    assert json.loads((report / "report.json").read_text())["failures"][0].startswith("video: frame")
+    bad = runner.invoke(main, ["validate", "--engines", str(out), "--threshold", "speed=2"])
+    assert bad.exit_code == 2 and "NAME=VALUE" in bad.output
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (["--model", "/nonexistent/ckpt"], "no such folder"),
+    (["--profile", "10x64x64"], "frames must be 4k+1"),
+    (["--profile", "dynamic", "--frames", "17:9:9"], "need min <= opt <= max (got 17:9:9)"),
+    (["--profile", "9x64x64", "--height", "32:64:64"], "is a range, but --profile 9x64x64 is static"),
+    (["--components", "transformer,unet"], "unknown components ['unet']"),
+])
+def test_export_bad_input_is_one_line_and_exit_2(runner, tmp_path, arguments, message):
+    out = tmp_path / "engines"
+    result = runner.invoke(main, ["export", "--out", str(out), *arguments])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not out.exists() or not any(out.glob("*.onnx"))

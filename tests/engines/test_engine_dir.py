@@ -1,0 +1,119 @@
+"""`export_engines`: the engine directory, its manifest, content-keyed reuse, and every refusal."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+
+import onnx
+import pytest
+import torch
+
+from cogvx.engines.export_dir import export_engines
+from cogvx.engines.manifest import EngineDirectoryError, Manifest, file_sha256
+from cogvx.export.profiles import ProfileError, ShapeProfile, ShapeSpec, parse_profile
+from cogvx.runtime.onnxruntime_backend import onnxruntime_stages
+
+SPEC = ShapeSpec(batch=1, frames=9, height=64, width=64, text_len=7)  # the tiny models read 7 tokens
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_checkpoint, tmp_path_factory):
+    checkpoint = tiny_checkpoint("5b")
+    out = tmp_path_factory.mktemp("engines") / "toy-5b"
+    results = export_engines(checkpoint, out, ["text_encoder", "transformer"], ShapeProfile.static(SPEC))
+    return checkpoint, out, results
+
+
+def test_manifest_records_what_was_built(engines):
+    checkpoint, out, results = engines
+    assert [r.reused for r in results] == [False, False]
+    manifest = Manifest.load(out)
+    assert set(manifest.stages) == {"text_encoder", "transformer"}
+    for record in manifest.stages.values():
+        for name, digest in record.files.items():
+            assert file_sha256(out / name) == digest
+        assert ShapeProfile.from_dict(record.profile) == ShapeProfile.static(SPEC)
+    assert manifest.stages["text_encoder"].dtype == "fp32" and manifest.opset == 20
+    assert manifest.configs["transformer"] == json.loads((checkpoint / "transformer" / "config.json").read_text()) \
+        | {"_class_name": "CogVideoXTransformer3DModel"} or manifest.configs["transformer"]["num_layers"] >= 1
+    assert (out / "tokenizer").is_dir()  # the engine directory runs without the checkpoint
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # nothing temporary left
+
+
+def test_same_export_again_is_reused(engines):
+    checkpoint, out, _ = engines
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.onnx")}
+    results = export_engines(checkpoint, out, ["text_encoder", "transformer"], ShapeProfile.static(SPEC))
+    assert [r.reused for r in results] == [True, True]
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.onnx")} == before
+
+
+def test_corrupt_graph_is_caught_by_the_manifest(engines, tmp_path):
+    _, out, _ = engines
+    copy = tmp_path / "engines"
+    shutil.copytree(out, copy)
+    graph = copy / "transformer.onnx"
+    graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 2])  # truncated
+    with pytest.raises(EngineDirectoryError, match="transformer.onnx does not match the manifest"):
+        onnxruntime_stages(copy)
+    graph.unlink()
+    with pytest.raises(EngineDirectoryError, match="transformer.onnx is missing"):
+        onnxruntime_stages(copy)
+
+
+def test_another_models_engines_are_refused_unless_forced(engines, tiny_checkpoint, tmp_path):
+    _, out, _ = engines
+    copy = tmp_path / "engines"
+    shutil.copytree(out, copy)
+    other = tiny_checkpoint("2b")
+    with pytest.raises(EngineDirectoryError, match="holds engines of another model.*--force"):
+        export_engines(other, copy, ["transformer"], ShapeProfile.static(SPEC))
+    assert Manifest.load(copy).stages.keys() == {"text_encoder", "transformer"}  # untouched
+    export_engines(other, copy, ["transformer"], ShapeProfile.static(SPEC), force=True)
+    manifest = Manifest.load(copy)
+    assert set(manifest.stages) == {"transformer"} and not (copy / "text_encoder.onnx").exists()
+    assert manifest.configs["transformer"]["num_layers"] >= 1 and manifest.sources
+
+
+def test_bad_requests_are_refused_before_any_work(tiny_checkpoint, tmp_path):
+    checkpoint = tiny_checkpoint("5b")
+    out = tmp_path / "engines"
+    static = ShapeProfile.static(SPEC)
+    with pytest.raises(EngineDirectoryError, match="unknown components.*choose from"):
+        export_engines(checkpoint, out, ["unet"], static)
+    partial = tmp_path / "no-text"
+    shutil.copytree(checkpoint, partial, ignore=shutil.ignore_patterns("text_encoder"))
+    with pytest.raises(EngineDirectoryError, match="has no text_encoder/ folder"):
+        export_engines(partial, out, ["text_encoder"], static)
+    with pytest.raises(ProfileError, match="frames must be 4k\\+1"):
+        export_engines(checkpoint, out, ["transformer"], ShapeProfile.static(ShapeSpec(frames=10, height=64, width=64)))
+    with pytest.raises(ProfileError, match="need min <= opt <= max"):
+        parse_profile("dynamic", SPEC, frames="17:9:9")
+    (out / "notes.txt").parent.mkdir(parents=True, exist_ok=True)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(EngineDirectoryError, match="not empty and holds no manifest.json"):
+        export_engines(checkpoint, out, ["transformer"], static)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_disk_full_mid_export_leaves_nothing_that_looks_complete(tiny_checkpoint, tmp_path, monkeypatch):
+    checkpoint = tiny_checkpoint("5b")
+    out = tmp_path / "engines"
+    real_save = onnx.save_model
+
+    def full_disk(model, path, *args, **kwargs):
+        real_save(model, path, *args, **kwargs)
+        with open(path, "r+b") as handle:  # half the bytes made it, then the disk filled up
+            handle.truncate(max(1, handle.seek(0, 2) // 2))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save_model", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        export_engines(checkpoint, out, ["text_encoder", "transformer"], ShapeProfile.static(SPEC))
+    assert not list(out.glob("*.onnx")) and not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert Manifest.load(out).stages == {}  # the manifest lists nothing that was not finished
+    monkeypatch.setattr(onnx, "save_model", real_save)
+    results = export_engines(checkpoint, out, ["text_encoder"], ShapeProfile.static(SPEC))
+    assert [r.reused for r in results] == [False] and torch.tensor(len(list(out.glob("*.onnx")))).item() == 1
