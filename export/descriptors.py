@@ -117,6 +117,19 @@ class TransformerDescriptor:
         return dims
 
 
+def latent_axes(profile: ShapeProfile, spatial_compression: int) -> dict[int, Dim]:
+    """torch.export dims of a (B, C, F, h, w) VAE tensor: batch and the latent height / width,
+    where the profile lets them vary."""
+    axes: dict[int, Dim] = {}
+    if profile.min.batch != profile.max.batch:
+        axes[0] = Dim("batch", min=profile.min.batch, max=profile.max.batch)
+    for axis, dim in ((3, "height"), (4, "width")):
+        low, high = (getattr(spec, dim) // spatial_compression for spec in (profile.min, profile.max))
+        if low != high:
+            axes[axis] = Dim(f"latent_{dim}", min=low, max=high)
+    return axes
+
+
 def first_chunk_sizes(profile: ShapeProfile, temporal_compression: int = 4) -> list[int]:
     """The first-chunk graph lengths a profile needs: 1 (a single latent frame), 2 (even), 3 (odd >= 3)."""
     low, high = (spec.latent_frames(temporal_compression) for spec in (profile.min, profile.max))
@@ -184,15 +197,8 @@ class VAEDecoderDescriptor:
         entry's spatial size is a fixed multiple of the latent's."""
         if profile.is_static:
             return None
-        s = self.model.vae.spatial_compression
         latents = inputs["latents"]
-        axes: dict[int, Dim] = {}
-        if profile.min.batch != profile.max.batch:
-            axes[0] = Dim("batch", min=profile.min.batch, max=profile.max.batch)
-        for axis, dim in ((3, "height"), (4, "width")):
-            low, high = getattr(profile.min, dim) // s, getattr(profile.max, dim) // s
-            if low != high:
-                axes[axis] = Dim(f"latent_{dim}", min=low, max=high)
+        axes = latent_axes(profile, self.model.vae.spatial_compression)
         cache_axes = []
         for name in self.input_names[1:]:
             entry = {0: axes[0]} if 0 in axes else {}
@@ -297,11 +303,6 @@ class VAEEncoderDescriptor:
         if profile.is_static:
             return None
         s = self.model.vae.spatial_compression
-        axes: dict[int, Dim] = {}
-        if profile.min.batch != profile.max.batch:
-            axes[0] = Dim("batch", min=profile.min.batch, max=profile.max.batch)
-        for axis, dim in ((3, "height"), (4, "width")):
-            low, high = getattr(profile.min, dim) // s, getattr(profile.max, dim) // s
-            if low != high:
-                axes[axis] = Dim(f"latent_{dim}", min=low, max=high) * s
+        # pixels are s x latent pixels: the same dims, scaled, so the encoder's downsampling divides
+        axes = {axis: dim * s if axis in (3, 4) else dim for axis, dim in latent_axes(profile, s).items()}
         return {"video": axes}

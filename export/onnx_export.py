@@ -1,8 +1,8 @@
 """torch -> ONNX for one component: dynamo export, the attention function attached, checked, atomic.
 
-Graphs over 2 GB keep their weights in one external data file next to the .onnx. Both files are
-written under temporary names and renamed only when complete, so an interrupted export (or a
-full disk) never leaves a file that looks finished.
+Graphs over 2 GB keep their weights in one external data file next to the .onnx (`X.onnx.data`).
+Files are written under temporary names and renamed only when complete, so an interrupted export
+(or a full disk) never leaves a file that looks finished.
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ from .profiles import ShapeProfile
 logger = logging.getLogger(__name__)
 
 OPSET = 20
-TWO_GB = 2**31
+# protobuf's 2 GiB cap, less room for the graph itself: more weights than this go to external data
+EXTERNAL_DATA_BYTES = 2**31 - 2**27
 
 
 def export_onnx(descriptor, module: torch.nn.Module, profile: ShapeProfile, path: str | Path,
                 dtype: torch.dtype = torch.float32) -> Path:
-    """Export the transformer (already in `dtype`) as described, at the profile's opt shape."""
+    """Export a component (its module already in `dtype`) as its descriptor says, traced at the profile's opt shape."""
     inputs = descriptor.sample_inputs(profile.opt, dtype)
     kwargs = {name: inputs[name] for name in descriptor.input_names}
     return _export(descriptor.wrap(module), (), kwargs, descriptor.dynamic_shapes(profile), descriptor, Path(path))
@@ -51,25 +52,35 @@ def _export(wrapper, args, kwargs, dynamic, descriptor, path: Path) -> Path:
         dynamic_shapes=dynamic,
         custom_translation_table={torch.ops.cogvx.rope_attention.default: attention_op.translation()},
     )
-    save_model(attention_op.attach_function(program.model_proto), path)
+    save_program(program.model, path)
     return path
 
 
-def save_model(model: onnx.ModelProto, path: Path, external_threshold: int | None = None) -> None:
-    """Check, then write atomically; weights in one external data file when the model passes
-    `external_threshold` bytes (protobuf cannot hold more than 2 GB)."""
+def save_program(model, path: Path) -> None:
+    """Write an exported `onnx_ir.Model`: checked, the attention function attached, atomically.
+
+    Past EXTERNAL_DATA_BYTES of weights the model cannot become one protobuf (2 GiB cap), so it is
+    saved from the IR with its weights in one external data file, and only the small graph proto
+    is loaded back to attach the function.
+    """
+    import onnx_ir
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    if model.ByteSize() <= (TWO_GB if external_threshold is None else external_threshold):
-        onnx.checker.check_model(model, full_check=True)
-        atomic_write(path, lambda temporary: onnx.save_model(model, temporary))
+    weight_bytes = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+    if weight_bytes <= EXTERNAL_DATA_BYTES:
+        proto = attention_op.attach_function(onnx_ir.serde.serialize_model(model))
+        onnx.checker.check_model(proto, full_check=True)
+        atomic_write(path, lambda temporary: onnx.save_model(proto, temporary))
         return
     data_name = f"{path.name}.data"
+    logger.info("%s: %.2f GB of weights go to external data %s", path.name, weight_bytes / 1e9, data_name)
     # Both files are written in a staging folder and moved data first: the .onnx, the file that
     # looks finished, appears last, and it names its data file by the final name.
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as staging:
         staged = Path(staging) / path.name
-        onnx.save_model(model, staged, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_name, size_threshold=1024)
+        onnx_ir.save(model, staged, external_data=data_name)
+        proto = attention_op.attach_function(onnx.load(staged, load_external_data=False))
+        onnx.save_model(proto, staged)
         onnx.checker.check_model(str(staged), full_check=True)
         for name in (data_name, path.name):
             os.chmod(Path(staging) / name, 0o644)

@@ -184,25 +184,21 @@ def _plots(report: Report, folder: Path) -> list[Path]:
 
     from cogvx.modeling.checkpoint import atomic_write
 
-    written = []
-    figure, axis = plt.subplots(figsize=(6, 3.5))
-    axis.plot([m["sqnr"] for m in report.drift], marker="o", label="latents after step (free-running)")
-    axis.plot([m["sqnr"] for m in report.denoiser_steps], marker="x", label="denoiser output (same inputs)")
-    axis.axhline(report.thresholds["sqnr"], color="red", linestyle="--", label="threshold")
-    axis.set(xlabel="denoising step", ylabel="SQNR vs reference (dB)", title="Per-step drift")
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    atomic_write(folder / "drift.png", lambda tmp: figure.savefig(tmp, format="png", dpi=100))
-    written.append(folder / "drift.png")
-    plt.close(figure)
-
-    figure, axis = plt.subplots(figsize=(6, 3.5))
-    axis.plot(report.frame_psnr, marker="o")
-    axis.axhline(report.thresholds["psnr"], color="red", linestyle="--", label="threshold")
-    axis.set(xlabel="frame", ylabel="PSNR vs reference (dB)", title="End-to-end video PSNR per frame")
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    atomic_write(folder / "psnr.png", lambda tmp: figure.savefig(tmp, format="png", dpi=100))
-    written.append(folder / "psnr.png")
-    plt.close(figure)
-    return written
+    plots = {
+        "drift.png": ("Per-step drift", "denoising step", "SQNR vs reference (dB)", report.thresholds["sqnr"],
+                      {"latents after step (free-running)": [m["sqnr"] for m in report.drift],
+                       "denoiser output (same inputs)": [m["sqnr"] for m in report.denoiser_steps]}),
+        "psnr.png": ("End-to-end video PSNR per frame", "frame", "PSNR vs reference (dB)", report.thresholds["psnr"],
+                     {"engines vs reference": report.frame_psnr}),
+    }
+    for name, (title, xlabel, ylabel, threshold, series) in plots.items():
+        figure, axis = plt.subplots(figsize=(6, 3.5))
+        for label, values in series.items():
+            axis.plot(values, marker="o", label=label)
+        axis.axhline(threshold, color="red", linestyle="--", label="threshold")
+        axis.set(xlabel=xlabel, ylabel=ylabel, title=title)
+        axis.legend(fontsize=8)
+        figure.tight_layout()
+        atomic_write(folder / name, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+        plt.close(figure)
+    return [folder / name for name in plots]

@@ -58,7 +58,7 @@ def test_exported_transformer_is_tensorrt_ready(variant, tmp_path):
 
 def test_external_data_past_the_threshold(tmp_path, monkeypatch):
     """The >2 GB path, exercised at a 64 KiB threshold: one .data file, ORT equal, nothing temporary left."""
-    monkeypatch.setattr(onnx_export, "TWO_GB", 64 * 1024)
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 64 * 1024)
     transformer, descriptor = tiny("5b")
     spec = ShapeSpec(batch=1, frames=9, height=32, width=32, text_len=7)
     path = onnx_export.export_onnx(descriptor, transformer, ShapeProfile.static(spec), tmp_path / "t.onnx")
