@@ -297,5 +297,13 @@ def presets() -> None:
                    f"{'I2V' if preset.image_to_video else 'T2V'}  {preset.recommended_dtype}")
 
 
+def _register_train() -> None:
+    from cogvx.training.cli import train
+
+    main.add_command(train)
+
+
+_register_train()
+
 if __name__ == "__main__":
     main()

@@ -6,6 +6,11 @@ It is the torch custom op `cogvx::rope_attention`, so compilers and exporters se
 node: the ONNX exporter maps it to `cogvx::RoPEAttention3D`, a Triton kernel registers itself as
 another implementation. Models without RoPE (2B) pass cos = sin = None.
 
+Packed clips (training's multi-resolution frame pack) take the same seam with one more, optional,
+argument: `segment_ids` (B, S) names the clip every token belongs to, attention stays inside a
+clip, and the RoPE tables are per batch element (B, V, Dh). That path is its own custom op
+(`cogvx::packed_rope_attention`), so the exported op and its schema are unchanged.
+
 Letters: B batch, N heads, S = L + V tokens (L text, V vision), Dh head dim.
 """
 
@@ -43,13 +48,39 @@ def reference_rope_attention(
     return F.scaled_dot_product_attention(q, k, v)  # (B, N, S, Dh)
 
 
+def reference_packed_rope_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    cos: torch.Tensor | None, sin: torch.Tensor | None, num_text_tokens: int, segment_ids: torch.Tensor,
+) -> torch.Tensor:
+    """Packed clips: RoPE by per-element tables (B, V, Dh), attention only between equal segment ids.
+
+    Tokens of id -1 are padding: they see each other only, so no row is empty (no NaN) and no clip
+    sees them. (B, N, S, Dh) -> (B, N, S, Dh).
+    """
+    if cos is not None:
+        L = num_text_tokens
+        cos, sin = cos[:, None], sin[:, None]  # (B, 1, V, Dh)
+        q = torch.cat([q[:, :, :L], apply_rope(q[:, :, L:], cos, sin)], dim=2)  # (B, N, S, Dh)
+        k = torch.cat([k[:, :, :L], apply_rope(k[:, :, L:], cos, sin)], dim=2)  # (B, N, S, Dh)
+    same_clip = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]  # (B, 1, S, S)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=same_clip)  # (B, N, S, Dh)
+
+
+PackedAttentionFn = Callable[..., torch.Tensor]
+
 _IMPLEMENTATIONS: dict[str, AttentionFn] = {"torch": reference_rope_attention}
+_PACKED_IMPLEMENTATIONS: dict[str, PackedAttentionFn] = {"torch": reference_packed_rope_attention}
 _active = "torch"
 
 
-def register_implementation(name: str, fn: AttentionFn) -> None:
-    """Add an implementation of the seam (e.g. a Triton kernel); it must match the reference."""
+def register_implementation(name: str, fn: AttentionFn, packed_fn: PackedAttentionFn | None = None) -> None:
+    """Add an implementation of the seam (e.g. a Triton kernel); it must match the reference.
+
+    `packed_fn` (optional) serves the packed-clip path; without it that path runs the reference.
+    """
     _IMPLEMENTATIONS[name] = fn
+    if packed_fn is not None:
+        _PACKED_IMPLEMENTATIONS[name] = packed_fn
 
 
 @contextlib.contextmanager
@@ -98,13 +129,59 @@ def _backward(ctx, grad_output):
 _rope_attention_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+@torch.library.custom_op("cogvx::packed_rope_attention", mutates_args=())
+def _packed_rope_attention_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    cos: torch.Tensor | None, sin: torch.Tensor | None, num_text_tokens: int, segment_ids: torch.Tensor,
+) -> torch.Tensor:
+    fn = _PACKED_IMPLEMENTATIONS.get(_active, reference_packed_rope_attention)
+    return fn(q, k, v, cos, sin, num_text_tokens, segment_ids).contiguous()
+
+
+@_packed_rope_attention_op.register_fake
+def _(q, k, v, cos, sin, num_text_tokens, segment_ids):
+    return torch.empty_like(q)
+
+
+def _packed_setup_context(ctx, inputs, output) -> None:
+    q, k, v, cos, sin, num_text_tokens, segment_ids = inputs
+    ctx.save_for_backward(q, k, v, cos, sin, segment_ids)
+    ctx.num_text_tokens = num_text_tokens
+
+
+def _packed_backward(ctx, grad_output):
+    q, k, v, cos, sin, segment_ids = ctx.saved_tensors
+    with torch.enable_grad():
+        inputs = [t.detach().requires_grad_(True) for t in (q, k, v)]
+        out = reference_packed_rope_attention(*inputs, cos, sin, ctx.num_text_tokens, segment_ids)
+        grads = torch.autograd.grad(out, inputs, grad_output)
+    return (*grads, None, None, None, None)
+
+
+_packed_rope_attention_op.register_autograd(_packed_backward, setup_context=_packed_setup_context)
+
+
 def rope_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     cos: torch.Tensor | None, sin: torch.Tensor | None, num_text_tokens: int,
+    segment_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The seam. q, k, v (B, N, S, Dh); cos, sin (S - num_text_tokens, Dh) or None."""
+    """The seam. q, k, v (B, N, S, Dh); cos, sin (S - num_text_tokens, Dh) or None.
+
+    With `segment_ids` (B, S) int64 (packed clips): cos, sin are (B, S - num_text_tokens, Dh).
+    """
     if (cos is None) != (sin is None):
         raise ValueError("rope_attention needs both cos and sin, or neither")
+    if segment_ids is not None:
+        B, _, S, Dh = q.shape
+        if segment_ids.shape != (B, S):
+            raise ValueError(f"segment_ids must be (batch, tokens) = {(B, S)} (got {tuple(segment_ids.shape)})")
+        if cos is not None and cos.shape != (B, S - num_text_tokens, Dh):
+            raise ValueError(
+                f"packed RoPE tables {tuple(cos.shape)} do not fit {(B, S - num_text_tokens, Dh)}; "
+                "concatenate each clip's position_tables() rows per batch element"
+            )
+        return _packed_rope_attention_op(q, k, v, cos, sin, num_text_tokens, segment_ids)
     if cos is not None and cos.shape != (q.shape[2] - num_text_tokens, q.shape[3]):
         raise ValueError(
             f"RoPE tables {tuple(cos.shape)} do not fit {q.shape[2] - num_text_tokens} vision tokens of "

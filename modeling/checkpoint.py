@@ -188,8 +188,19 @@ def save_component(
     max_shard_bytes: int | None = None,
 ) -> None:
     """Write `config.json` and safetensors (sharded past `max_shard_bytes`) in the diffusers layout."""
+    save_state_dict(model.state_dict(), config_dict, directory, prefix, max_shard_bytes)
+
+
+def save_state_dict(
+    state: dict[str, torch.Tensor],
+    config_dict: dict,
+    directory: str | Path,
+    prefix: str = "diffusion_pytorch_model",
+    max_shard_bytes: int | None = None,
+) -> None:
+    """`save_component` for a state dict already gathered (e.g. the full weights of a sharded model)."""
     directory = Path(directory)
-    state = {name: t.detach().contiguous().cpu() for name, t in model.state_dict().items()}
+    state = {name: t.detach().contiguous().cpu() for name, t in state.items()}
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for name, tensor in state.items():

@@ -6,6 +6,11 @@ E time embedding width.
 
 Parameter names equal diffusers' `CogVideoXTransformer3DModel`, so a diffusers checkpoint
 assigns straight in.
+
+Packed clips (training's frame pack, `cogvx.training.pack`): `embed`, `run_blocks` and `head` are
+the three halves of `forward`; the last two take optional `segment_ids` (B, S) naming the clip
+of every token of a [texts ; visions] sequence, with `emb` then per clip (B, K, E). Without
+`segment_ids` nothing changes.
 """
 
 from __future__ import annotations
@@ -72,6 +77,12 @@ class PatchEmbed(nn.Module):
         return self.proj(x)  # (B, V, D)
 
 
+def rows_per_token(per_clip: torch.Tensor, segment_ids: torch.Tensor) -> torch.Tensor:
+    """(B, K, X) per clip -> (B, S, X) per token by `segment_ids` (B, S); padding (-1) takes clip 0's row."""
+    index = segment_ids.clamp(min=0)[..., None].expand(-1, -1, per_clip.shape[-1])  # (B, S, X)
+    return torch.gather(per_clip, 1, index)
+
+
 class ExpertAdaLayerNorm(nn.Module):
     """One LayerNorm for both modalities, modulated per modality: shift, scale, gate x (vision, text)."""
 
@@ -80,8 +91,16 @@ class ExpertAdaLayerNorm(nn.Module):
         self.linear = nn.Linear(time_dim, 6 * dim)
         self.norm = nn.LayerNorm(dim, eps=eps)
 
-    def forward(self, vision: torch.Tensor, text: torch.Tensor, emb: torch.Tensor):
-        shift, scale, gate, text_shift, text_scale, text_gate = self.linear(F.silu(emb))[:, None].chunk(6, dim=2)
+    def forward(self, vision: torch.Tensor, text: torch.Tensor, emb: torch.Tensor,
+                segment_ids: torch.Tensor | None = None):
+        modulation = self.linear(F.silu(emb))  # (B, 6D), or (B, K, 6D) per packed clip
+        if segment_ids is None:
+            shift, scale, gate, text_shift, text_scale, text_gate = modulation[:, None].chunk(6, dim=2)  # (B, 1, D) each
+        else:
+            per_token = rows_per_token(modulation, segment_ids)  # (B, S, 6D)
+            L = text.shape[1]
+            shift, scale, gate = per_token[:, L:].chunk(6, dim=2)[:3]  # (B, V, D) each
+            text_shift, text_scale, text_gate = per_token[:, :L].chunk(6, dim=2)[3:]  # (B, L, D) each
         vision = self.norm(vision) * (1 + scale) + shift  # (B, V, D)
         text = self.norm(text) * (1 + text_scale) + text_shift  # (B, L, D)
         return vision, text, gate, text_gate
@@ -101,13 +120,15 @@ class Attention(nn.Module):
         self.norm_k = nn.LayerNorm(config.attention_head_dim, eps=1e-6)
         self.to_out = nn.ModuleList([nn.Linear(d, d, bias=True)])
 
-    def forward(self, x: torch.Tensor, num_text_tokens: int, positions: PositionTables) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, num_text_tokens: int, positions: PositionTables,
+                segment_ids: torch.Tensor | None = None) -> torch.Tensor:
         """(B, S, D) -> (B, S, D)."""
         heads = lambda t: t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)  # (B, N, S, Dh)
         q = self.norm_q(heads(self.to_q(x)))
         k = self.norm_k(heads(self.to_k(x)))
         v = heads(self.to_v(x))
-        out = rope_attention(q, k, v, positions.rope_cos, positions.rope_sin, num_text_tokens)  # (B, N, S, Dh)
+        out = rope_attention(q, k, v, positions.rope_cos, positions.rope_sin, num_text_tokens,
+                             segment_ids)  # (B, N, S, Dh)
         return self.to_out[0](out.transpose(1, 2).flatten(2))  # (B, S, D)
 
 
@@ -142,13 +163,13 @@ class Block(nn.Module):
         self.norm2 = ExpertAdaLayerNorm(config.time_embed_dim, d, config.norm_eps)
         self.ff = FeedForward(d)
 
-    def forward(self, vision, text, emb, positions: PositionTables):
+    def forward(self, vision, text, emb, positions: PositionTables, segment_ids: torch.Tensor | None = None):
         L = text.shape[1]
-        norm_vision, norm_text, gate, text_gate = self.norm1(vision, text, emb)
-        attended = self.attn1(torch.cat([norm_text, norm_vision], dim=1), L, positions)  # (B, S, D)
+        norm_vision, norm_text, gate, text_gate = self.norm1(vision, text, emb, segment_ids)
+        attended = self.attn1(torch.cat([norm_text, norm_vision], dim=1), L, positions, segment_ids)  # (B, S, D)
         vision = vision + gate * attended[:, L:]
         text = text + text_gate * attended[:, :L]
-        norm_vision, norm_text, gate, text_gate = self.norm2(vision, text, emb)
+        norm_vision, norm_text, gate, text_gate = self.norm2(vision, text, emb, segment_ids)
         fed = self.ff(torch.cat([norm_text, norm_vision], dim=1))  # (B, S, D)
         vision = vision + gate * fed[:, L:]
         text = text + text_gate * fed[:, :L]
@@ -163,8 +184,13 @@ class FinalAdaLayerNorm(nn.Module):
         self.linear = nn.Linear(time_dim, 2 * dim)
         self.norm = nn.LayerNorm(dim, eps=eps)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.linear(F.silu(emb))[:, None].chunk(2, dim=2)  # (B, 1, D) each
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, V, D); emb (B, E), or (B, K, E) per packed clip with segment_ids (B, V)."""
+        modulation = self.linear(F.silu(emb))  # (B, 2D) or (B, K, 2D)
+        if segment_ids is None:
+            shift, scale = modulation[:, None].chunk(2, dim=2)  # (B, 1, D) each
+        else:
+            shift, scale = rows_per_token(modulation, segment_ids).chunk(2, dim=2)  # (B, V, D) each
         return self.norm(x) * (1 + scale) + shift
 
 
@@ -265,6 +291,21 @@ class CogVideoXTransformer(nn.Module):
         positions: PositionTables | None = None,
     ) -> torch.Tensor:
         """(B, F, C, H, W), (B, L, 4096), (B,) -> (B, F, C_out, H, W)."""
+        B, Fr, _, H, W = latents.shape
+        vision, text, emb, positions = self.embed(latents, text_embeds, timestep, ofs, positions)
+        vision, text = self.run_blocks(vision, text, emb, positions)
+        x = self.head(vision, emb)  # (B, V, p*p*pt*C_out)
+        return unpatchify(x, B, Fr, H, W, self.config.patch_size, self.config.patch_size_t)
+
+    def embed(
+        self,
+        latents: torch.Tensor,
+        text_embeds: torch.Tensor,
+        timestep: torch.Tensor,
+        ofs: torch.Tensor | None = None,
+        positions: PositionTables | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, PositionTables]:
+        """Inputs -> vision (B, V, D), text (B, L, D), emb (B, E), and the RoPE tables still to apply."""
         self.check_inputs(latents, text_embeds, timestep, ofs)
         c = self.config
         B, Fr, _, H, W = latents.shape
@@ -285,16 +326,24 @@ class CogVideoXTransformer(nn.Module):
         if c.positions == "rope+learned":
             table = self.patch_embed.pos_embedding[:, : L + vision.shape[1]].to(dtype)  # (1, S, D)
             text, vision = text + table[:, :L], vision + table[:, L:]
+        return vision, text, emb, positions
 
+    def run_blocks(
+        self, vision: torch.Tensor, text: torch.Tensor, emb: torch.Tensor, positions: PositionTables,
+        segment_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every block, gradient-checkpointed when asked: (B, V, D), (B, L, D) -> the same shapes."""
         for block in self.transformer_blocks:
             if self.gradient_checkpointing and torch.is_grad_enabled():
-                vision, text = checkpoint(block, vision, text, emb, positions, use_reentrant=False)
+                vision, text = checkpoint(block, vision, text, emb, positions, segment_ids, use_reentrant=False)
             else:
-                vision, text = block(vision, text, emb, positions)
+                vision, text = block(vision, text, emb, positions, segment_ids)
+        return vision, text
 
-        x = self.norm_out(self.norm_final(vision), emb)  # (B, V, D)
-        x = self.proj_out(x)  # (B, V, p*p*pt*C_out)
-        return unpatchify(x, B, Fr, H, W, c.patch_size, c.patch_size_t)
+    def head(self, vision: torch.Tensor, emb: torch.Tensor, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Final norms and projection: (B, V, D) -> patches (B, V, p*p*pt*C_out)."""
+        x = self.norm_out(self.norm_final(vision), emb, segment_ids)  # (B, V, D)
+        return self.proj_out(x)  # (B, V, p*p*pt*C_out)
 
 
 def unpatchify(x: torch.Tensor, B: int, frames: int, H: int, W: int, p: int, p_t: int | None) -> torch.Tensor:

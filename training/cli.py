@@ -1,0 +1,110 @@
+"""`cogvx train vae|transformer --config run.toml`: the training commands (the CLI talks, the trainers log).
+
+Several processes: `torchrun --nproc_per_node N $(which cogvx) train transformer --config run.toml`
+(each process reads the same config; rank 0 writes checkpoints, the log and the summary).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import click
+
+
+def _options(function):
+    options = [
+        click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+                     help="Run file (.toml, .yaml): model, data, stages, batch size, ..."),
+        click.option("--output-dir", help="Override output_dir (checkpoints, loss.jsonl, loss.png)."),
+        click.option("--resume", help="'latest' (the newest checkpoint in output_dir) or a checkpoint-STEP folder."),
+        click.option("--checkpoint", help="Override [model] checkpoint (a diffusers model folder, or 'toy')."),
+        click.option("--data", "data_folder", help="Override [data] folder (videos with captions)."),
+        click.option("--cache", "data_cache", help="Override [data] cache (a latent cache)."),
+        click.option("--batch-size", type=int, help="Override batch_size (per rank)."),
+        click.option("--seed", type=int, help="Override seed."),
+        click.option("--device", help="Override device: auto, cpu, cuda."),
+        click.option("--strategy", type=click.Choice(["ddp", "fsdp2"]), help="Override the data-parallel strategy."),
+        click.option("--precision", type=click.Choice(["fp32", "bf16"]), help="Override precision."),
+        click.option("--stop-at-step", type=int, help="Leave after this global step (resume later with --resume latest)."),
+        click.option("--no-progress", is_flag=True, help="No progress bar."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _load(config_path: str, output_dir, checkpoint, data_folder, data_cache, **top_level):
+    from cogvx.training.config import TrainConfigError, config_from_dict, read_config_file
+
+    try:
+        data = read_config_file(config_path)
+        if output_dir is not None:
+            data["output_dir"] = output_dir
+        if checkpoint is not None:
+            data.setdefault("model", {})["checkpoint"] = checkpoint
+        if data_folder is not None or data_cache is not None:
+            data["data"] = {"folder": data_folder} if data_folder is not None else {"cache": data_cache}
+        data.update({k: v for k, v in top_level.items() if v is not None})
+        config = config_from_dict(data)
+    except TrainConfigError as error:
+        raise click.UsageError(f"{config_path}: {error}") from None
+    model_checkpoint = config.model.checkpoint
+    if model_checkpoint is not None and not Path(model_checkpoint).is_dir():
+        if model_checkpoint != "toy":
+            raise click.UsageError(f"[model] checkpoint {model_checkpoint} is not a folder; give a diffusers model folder "
+                                   "(model_index.json, transformer/, vae/, ...) or 'toy'")
+        from cogvx.models import resolve_model
+
+        config = config.replace(model=dataclasses.replace(config.model, checkpoint=str(resolve_model("toy"))))
+    return config
+
+
+def _run(trainer_class, config_path, resume, no_progress, **overrides) -> None:
+    from cogvx.modeling.checkpoint import CheckpointError
+    from cogvx.modeling.configs import ConfigError
+    from cogvx.training.checkpoints import ResumeError
+
+    config = _load(config_path, **overrides)
+    try:
+        trainer = trainer_class(config, resume=resume, show_progress=not no_progress)
+        result = trainer.fit()
+    except (ResumeError, ConfigError, CheckpointError, FileNotFoundError, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    final = f"{result.losses[-1]:.5f}" if result.losses else "-"
+    rows = [
+        ("steps", f"{result.step} of {config.total_steps}" + (" (stopped early)" if result.stopped_early else "")),
+        ("final loss", final),
+        ("checkpoint", str(result.checkpoint) if result.checkpoint else "-"),
+        ("loss log", str(result.log_path)),
+        ("loss curve", str(result.curve_path) if result.curve_path else "-"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        click.echo(f"{name:<{width}}  {value}")
+
+
+@click.group()
+def train() -> None:
+    """Train the VAE or the transformer (torchrun launches several processes)."""
+
+
+@train.command("transformer")
+@_options
+def train_transformer(config_path, resume, no_progress, **overrides) -> None:
+    """v-prediction training of the expert transformer, stage by stage."""
+    from cogvx.training.trainer import TransformerTrainer
+
+    _run(TransformerTrainer, config_path, resume, no_progress, **overrides)
+
+
+@train.command("vae")
+@_options
+def train_vae(config_path, resume, no_progress, **overrides) -> None:
+    """L1 + KL (+ LPIPS) (+ 3D GAN) training of the causal VAE, stage by stage."""
+    from cogvx.training.trainer import VAETrainer
+
+    _run(VAETrainer, config_path, resume, no_progress, **overrides)
