@@ -95,7 +95,7 @@ def components(repeats: int) -> dict:
 
 # -- streaming vs whole decode on ORT -----------------------------------------------------------
 
-def _decode_child(mode: str, folder: Path, frames: int) -> None:
+def _decode_child(mode: str, folder: Path, frames: int, arena: bool) -> None:
     import numpy as np
     import onnxruntime as ort
 
@@ -103,6 +103,7 @@ def _decode_child(mode: str, folder: Path, frames: int) -> None:
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
+    options.enable_cpu_mem_arena = options.enable_mem_pattern = arena
     sessions = {path.stem: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
                 for path in folder.glob(f"{mode}*.onnx")}
     meta = json.loads((folder / "shape.json").read_text())
@@ -142,13 +143,13 @@ def decode_memory(frames: int, height: int, width: int) -> dict:
     descriptor = VAEDecoderDescriptor(model, False, 2)
     export_decoder_chunk(descriptor, vae, profile, folder / "stream_next.onnx")
 
-    class WholeDecode(nn.Module):  # the naive export: one graph decoding every frame at once
+    class WholeDecode(nn.Module):  # the naive export: one graph, every frame at once (no cache I/O)
         def __init__(self):
             super().__init__()
             self.vae = vae
 
         def forward(self, latents):
-            return self.vae.decode(latents, tiled=False)
+            return self.vae.decode_chunk(latents, None)[0]  # every latent frame in one pass
 
     latent_frames = profile.opt.latent_frames()
     shape = [1, model.vae.latent_channels, latent_frames, height // 8, width // 8]
@@ -159,18 +160,24 @@ def decode_memory(frames: int, height: int, width: int) -> dict:
     _export(WholeDecode().eval(), (torch.randn(shape),), None, None, Whole, folder / "whole.onnx")
     (folder / "shape.json").write_text(json.dumps({"latents": shape}))
     del vae
-    rows = {}
-    for mode in ("stream", "whole"):
-        out = subprocess.run([sys.executable, __file__, "decode-child", "--mode", mode, "--folder", str(folder),
-                              "--frames", str(latent_frames)], capture_output=True, text=True, check=True)
-        rows[mode] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(json.dumps(rows[mode]))
-    return {"video": f"{frames}x{height}x{width}", "vae": "cogvideox-5b config, random weights, fp32, ORT CPU",
+    result = {"video": f"{frames}x{height}x{width}", "vae": "cogvideox-5b config, random weights, fp32, ORT CPU",
+              "whole": "one graph decoding every latent frame at once", "streaming": "first-chunk + next-chunk "
+              "graphs, 2 latent frames per call, conv caches as graph I/O"}
+    for arena in (True, False):
+        rows = {}
+        for mode in ("stream", "whole"):
+            command = [sys.executable, __file__, "decode-child", "--mode", mode, "--folder", str(folder),
+                       "--frames", str(latent_frames)] + ([] if arena else ["--no-arena"])
+            rows[mode] = json.loads(subprocess.run(command, capture_output=True, text=True,
+                                                   check=True).stdout.strip().splitlines()[-1])
+            print(json.dumps({"arena": arena, **rows[mode]}))
+        result["cpu_arena_on" if arena else "cpu_arena_off"] = {
             "streaming_peak_mib": round(rows["stream"]["peak_growth_bytes"] / 2**20),
             "whole_peak_mib": round(rows["whole"]["peak_growth_bytes"] / 2**20),
             "ratio_whole_over_streaming": round(rows["whole"]["peak_growth_bytes"]
                                                 / max(1, rows["stream"]["peak_growth_bytes"]), 2),
             "streaming_s": rows["stream"]["seconds"], "whole_s": rows["whole"]["seconds"]}
+    return result
 
 
 # -- export cost of the real 2B -----------------------------------------------------------------
@@ -192,7 +199,8 @@ def _export_2b_child(folder: Path, frames: int, height: int, width: int) -> None
                        folder / "transformer.onnx", torch.float16)
     seconds = time.perf_counter() - start
     sizes = {p.name: p.stat().st_size for p in folder.iterdir()}
-    print(json.dumps({"export_s": round(seconds, 1), "build_random_weights_s": round(loaded_s, 1),
+    print(json.dumps({"params": sum(p.numel() for p in transformer.parameters()),
+                      "export_s": round(seconds, 1), "build_random_weights_s": round(loaded_s, 1),
                       "rss_before_export_mib": round(before / 2**20),
                       "peak_rss_mib": round(_status("VmHWM") / 2**20),
                       "peak_growth_mib": round((_status("VmHWM") - before) / 2**20),
@@ -208,9 +216,8 @@ def export_2b(frames: int, height: int, width: int) -> dict:
         row = json.loads(out.stdout.strip().splitlines()[-1])
     row.pop("path")
     print(json.dumps(row))
-    params = 1.69e9
     return {"model": "cogvideox-2b transformer, random weights, fp16, static profile "
-                     f"{frames}x{height}x{width}, CPU", "approx_params": params, **row}
+                     f"{frames}x{height}x{width}, CPU", **row}
 
 
 def main() -> None:
@@ -222,9 +229,10 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--mode")
     parser.add_argument("--folder", type=Path)
+    parser.add_argument("--no-arena", action="store_true", help="decode-child: ORT CPU memory arena off")
     args = parser.parse_args()
     if args.what == "decode-child":
-        return _decode_child(args.mode, args.folder, args.frames)
+        return _decode_child(args.mode, args.folder, args.frames, not args.no_arena)
     if args.what == "export-2b-child":
         return _export_2b_child(args.folder, args.frames, args.height, args.width)
     if args.what == "components":

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
 import torch
 
 from cogvx.export.descriptors import (
@@ -79,8 +80,6 @@ def check_components(model_dir: Path, components: list[str]) -> None:
 
 def _open_directory(out: Path, model_dir: Path, model: ModelConfig, sources: dict[str, str], force: bool) -> Manifest:
     """The manifest to extend: the existing one when it describes the same model, else a new one."""
-    import onnx
-
     fresh = Manifest(model=model.name, configs=_configs(model), sources=sources, opset=OPSET,
                      source_path=str(model_dir.resolve()),
                      tools={"torch": torch.__version__, "onnx": onnx.__version__})
@@ -183,10 +182,7 @@ def _export_component(component: str, model_dir: Path, model: ModelConfig, out: 
     outputs: dict[str, list[str]] = {}
 
     def record(role: str, file_name: str, descriptor) -> None:
-        path = out / file_name
-        import onnx
-
-        check_graph(onnx.load(path, load_external_data=False)).raise_if_any(file_name)
+        check_graph(onnx.load(out / file_name, load_external_data=False)).raise_if_any(file_name)
         graphs[role] = file_name
         inputs[role], outputs[role] = list(descriptor.input_names), list(descriptor.output_names)
 

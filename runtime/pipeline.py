@@ -135,9 +135,8 @@ class CogVideoXPipeline:
         config = model_config_for(transformer, VAEConfig.from_dict(configs["vae"]),
                                   SchedulerConfig.from_dict(configs["scheduler"]),
                                   TextEncoderConfig.from_dict(configs["text_encoder"]))
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(manifest.stages["transformer"].dtype,
-                                                                    torch.float32) \
-            if "transformer" in manifest.stages else torch.float32
+        record = manifest.stages.get("transformer")
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(record.dtype if record else "", torch.float32)
         tokenizer = None
         if (engine_dir / "tokenizer").is_dir():
             from transformers import AutoTokenizer
@@ -159,8 +158,8 @@ class CogVideoXPipeline:
             stages |= {name: reference.stages[name] for name in missing}
             tokenizer = tokenizer or reference.tokenizer
         logger.info("stages: %s", {name: type(stage).__name__ for name, stage in stages.items()})
-        if "transformer" in manifest.stages:  # the default video is the one the engines were built for
-            opt = ShapeProfile.from_dict(manifest.stages["transformer"].profile).opt
+        if record:  # the default video is the one the engines were built for
+            opt = ShapeProfile.from_dict(record.profile).opt
             config = dataclasses.replace(config, num_frames=opt.frames, height=opt.height, width=opt.width)
         return cls(config, stages, tokenizer, dtype, device)
 
