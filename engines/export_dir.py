@@ -24,6 +24,7 @@ from cogvx.export.descriptors import (
 from cogvx.export.graph_check import check_graph
 from cogvx.export.onnx_export import OPSET, export_decoder_chunk, export_onnx
 from cogvx.export.profiles import ShapeProfile
+from cogvx.modeling.checkpoint import staged_directory
 from cogvx.modeling.configs import ModelConfig, SchedulerConfig, TextEncoderConfig, TransformerConfig, VAEConfig
 
 from .manifest import (
@@ -228,15 +229,6 @@ def _export_component(component: str, model_dir: Path, model: ModelConfig, out: 
 
 
 def _copy_tokenizer(source: Path, target: Path) -> None:
-    """Copied whole into a temporary sibling and renamed: the engine directory runs without the checkpoint."""
-    import tempfile
-
-    staging = Path(tempfile.mkdtemp(prefix=".tokenizer.", dir=target.parent))
-    try:
+    """Copied whole: the engine directory runs without the checkpoint."""
+    with staged_directory(target) as staging:
         shutil.copytree(source, staging, dirs_exist_ok=True)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise

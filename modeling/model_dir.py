@@ -7,12 +7,9 @@ leaves a folder that looks like a finished checkpoint.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from .checkpoint import write_json
+from .checkpoint import staged_directory, write_json
 from .configs import SchedulerConfig
 
 MODEL_INDEX = {
@@ -31,21 +28,13 @@ def save_model(directory: str | Path, transformer, vae, text_encoder, scheduler:
     directory = Path(directory)
     if directory.exists() and not overwrite:
         raise FileExistsError(f"{directory} already exists; choose another folder or pass overwrite=True")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with staged_directory(directory) as staging:
         transformer.save_pretrained(staging / "transformer")
         vae.save_pretrained(staging / "vae")
         text_encoder.model.save_pretrained(staging / "text_encoder")
         text_encoder.tokenizer.save_pretrained(staging / "tokenizer")
         write_json(staging / "scheduler" / "scheduler_config.json", scheduler.to_dict())
         write_json(staging / "model_index.json", MODEL_INDEX)
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return directory
 
 

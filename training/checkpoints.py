@@ -17,13 +17,11 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from cogvx.modeling.checkpoint import save_state_dict, write_json
+from cogvx.modeling.checkpoint import save_state_dict, staged_directory, write_json
 from cogvx.modeling.configs import TransformerConfig, VAEConfig
 
 logger = logging.getLogger(__name__)
@@ -93,19 +91,11 @@ def write_checkpoint(output_dir: str | Path, step: int, component: str, weights:
                      config_dict: dict, state: dict, base_checkpoint: str | Path | None = None) -> Path:
     """Write checkpoint-STEP atomically (call on one rank only); returns its path."""
     target = checkpoint_dir(output_dir, step)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with staged_directory(target) as staging:
         save_state_dict(weights, config_dict, staging / component)
         torch.save(state, staging / STATE_FILE)
         if base_checkpoint is not None:
             _link_other_components(Path(base_checkpoint), staging, component)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.info("saved %s", target)
     return target
 

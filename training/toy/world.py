@@ -7,9 +7,6 @@ the judge (judge.py) can be tested against the truth. Letters: F frames, H, W pi
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -112,15 +109,14 @@ def write_dataset(folder: str | Path, num_clips: int, seed: int = 0, frames: int
                   width: int = 64, fps: int = 8) -> Path:
     """`folder/00000.mp4 ...` + `captions.jsonl` ({"file", "caption", "spec"} per line), built in a
     staging folder and renamed, so an interrupted write never leaves a data set that looks complete."""
+    from cogvx.modeling.checkpoint import staged_directory
     from cogvx.runtime.video_io import write_video
 
     folder = Path(folder)
     if folder.exists():
         raise FileExistsError(f"{folder} exists; choose a new folder for the data set")
-    folder.parent.mkdir(parents=True, exist_ok=True)
     clips = ToyClips(num_clips, seed, frames, height, width)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with staged_directory(folder) as staging:
         lines = []
         for index in range(num_clips):
             spec = clips.spec(index)
@@ -128,8 +124,4 @@ def write_dataset(folder: str | Path, num_clips: int, seed: int = 0, frames: int
             write_video(render(spec, frames, height, width), staging / name, fps=fps)
             lines.append(json.dumps({"file": name, "caption": spec.caption, "spec": asdict(spec)}))
         (staging / "captions.jsonl").write_text("\n".join(lines) + "\n")
-        os.replace(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return folder
