@@ -4,9 +4,12 @@ Folder layout: video files (mp4, webm, mov, gif) and `captions.jsonl`, one
 `{"file": "00000.mp4", "caption": "..."}` per line. Items are `{"video": (3, F, H, W) in [-1, 1],
 "caption": str}`: the first F frames, the shorter side resized to fit, centre-cropped to H x W.
 
-Every file is probed once when the dataset is built: unreadable or corrupt videos and clips
-shorter than F frames are skipped with one warning and a count (`dataset.skipped`), so an epoch
-never crashes halfway. A caption file that does not match the folder is an error naming the files.
+Every file is probed once when the dataset is built by decoding the F frames an item needs (a
+header's frame count says nothing about a damaged payload or a truncated download): unreadable or
+corrupt videos and clips shorter than F frames are skipped with one warning naming them and a
+count (`dataset.skipped`). A file that breaks after that is skipped when read (warning, count
+"failed when read", the next usable clip instead), so an epoch never crashes halfway. A caption
+file that does not match the folder is an error naming the files.
 
 Cache layout (`cache_latents`): one safetensors file per clip with `latents` (F, C, h, w), already
 multiplied by the VAE's scaling factor (the transformer's layout), and `text_embeddings` (L, Dt);
@@ -60,14 +63,19 @@ def _resize_crop(frames: np.ndarray, height: int, width: int) -> torch.Tensor:
     return (video / 127.5 - 1).clamp(-1, 1).permute(1, 0, 2, 3).contiguous()  # (3, F, H, W)
 
 
-def _count_frames(path: Path) -> int:
+def read_first_frames(path: Path, count: int) -> np.ndarray:
+    """uint8 (n, h, w, 3), n <= count: the first frames only, so a long source video is never held whole."""
     import av
 
+    frames = []
     with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        if stream.frames:
-            return int(stream.frames)
-        return sum(1 for _ in container.decode(stream))
+        for frame in container.decode(container.streams.video[0]):
+            frames.append(frame.to_ndarray(format="rgb24"))
+            if len(frames) == count:
+                break
+    if not frames:
+        raise ValueError(f"{path} has no decodable frame")
+    return np.stack(frames)
 
 
 class VideoFolder(torch.utils.data.Dataset):
@@ -89,21 +97,25 @@ class VideoFolder(torch.utils.data.Dataset):
             raise DataError(f"{self.folder}/captions.jsonl does not match the videos: {'; '.join(problems)}; "
                             "give every video exactly one caption line")
         self.items: list[tuple[str, str]] = []
-        self.skipped = {"unreadable": 0, "too short": 0}
+        self.skipped = {"unreadable": 0, "too short": 0, "failed when read": 0}
+        skipped_names: list[str] = []
         for name in videos:
             try:
-                count = _count_frames(self.folder / name)
+                count = len(read_first_frames(self.folder / name, frames))
             except Exception as error:  # PyAV raises many types for broken files
                 logger.debug("skipping %s: %s", name, error)
                 self.skipped["unreadable"] += 1
+                skipped_names.append(name)
                 continue
             if count < frames:
                 self.skipped["too short"] += 1
+                skipped_names.append(f"{name} ({count} frames)")
                 continue
             self.items.append((name, captions[name]))
-        if any(self.skipped.values()):
-            logger.warning("%s: skipped %d unreadable and %d too-short (< %d frames) videos of %d",
-                           self.folder, self.skipped["unreadable"], self.skipped["too short"], frames, len(videos))
+        if skipped_names:
+            logger.warning("%s: skipped %d unreadable and %d too-short (< %d frames) videos of %d: %s%s",
+                           self.folder, self.skipped["unreadable"], self.skipped["too short"], frames, len(videos),
+                           ", ".join(skipped_names[:5]), " ..." if len(skipped_names) > 5 else "")
         if not self.items:
             raise DataError(f"no usable video in {self.folder} ({len(videos)} found, {self.skipped['unreadable']} "
                             f"unreadable, {self.skipped['too short']} shorter than {frames} frames)")
@@ -112,30 +124,49 @@ class VideoFolder(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict:
-        from cogvx.runtime.video_io import read_video
-
-        name, caption = self.items[index]
-        frames, _ = read_video(self.folder / name)
-        return {"video": _resize_crop(frames[: self.frames], self.height, self.width), "caption": caption}
+        # a file that broke after the probe: count it and serve the next clip rather than end the epoch
+        # (with DataLoader workers the count lives in each worker's copy; the warning reaches the log)
+        for attempt in range(len(self.items)):
+            name, caption = self.items[(index + attempt) % len(self.items)]
+            try:
+                frames = read_first_frames(self.folder / name, self.frames)  # (F, h, w, 3)
+            except Exception as error:  # PyAV raises many types for broken files
+                frames, reason = None, str(error)
+            else:
+                reason = f"only {len(frames)} frames" if len(frames) < self.frames else ""
+            if not reason:
+                return {"video": _resize_crop(frames, self.height, self.width), "caption": caption}
+            self.skipped["failed when read"] += 1
+            logger.warning("%s: skipping %s, which no longer reads (%s); serving the next clip", self.folder, name,
+                           reason)
+        raise DataError(f"no video in {self.folder} reads any more ({len(self.items)} passed the check when the "
+                        "dataset was built); check the disk and rebuild the dataset")
 
 
 def cache_latents(dataset, vae, text_encoder, folder: str | Path, generator: torch.Generator | None = None) -> Path:
-    """Encode every item once (a posterior sample, scaled) with its caption's text embedding."""
+    """Encode every item once (a posterior sample, scaled) with its caption's text embedding.
+
+    The folder is filled under a temporary name and renamed when every clip is in, so an interrupted
+    run never leaves a cache that looks complete (LatentCache reads whatever *.safetensors it finds).
+    """
     from safetensors.torch import save_file
 
-    from cogvx.modeling.checkpoint import atomic_write
+    from cogvx.modeling.checkpoint import staged_directory
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists():
+        raise FileExistsError(f"{folder} exists; choose a new folder for the latent cache or delete the old one")
     scale = vae.config.scaling_factor
-    for index in range(len(dataset)):
-        item = dataset[index]
-        with torch.no_grad():
-            latents = vae.encode(item["video"][None]).sample(generator)[0] * scale  # (C, F, h, w)
-            text = text_encoder.encode_prompt([item["caption"]])[0]  # (L, Dt)
-        tensors = {"latents": latents.permute(1, 0, 2, 3).contiguous(), "text_embeddings": text.contiguous()}
-        atomic_write(folder / f"{index:06d}.safetensors",
-                     lambda tmp, tensors=tensors, caption=item["caption"]: save_file(tensors, tmp, {"caption": caption}))
+    with staged_directory(folder) as staging:
+        for index in range(len(dataset)):
+            item = dataset[index]
+            with torch.no_grad():
+                latents = vae.encode(item["video"][None]).sample(generator)[0] * scale  # (C, F, h, w)
+                text = text_encoder.encode_prompt([item["caption"]])[0]  # (L, Dt)
+            tensors = {"latents": latents.permute(1, 0, 2, 3).contiguous(),  # (F, C, h, w)
+                       "text_embeddings": text.contiguous()}
+            save_file(tensors, str(staging / f"{index:06d}.safetensors"), {"caption": item["caption"]})
+    logger.info("cached %d clips' latents and text embeddings in %s", len(dataset), folder)
     return folder
 
 
