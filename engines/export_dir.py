@@ -144,7 +144,8 @@ def export_engines(model_dir: str | Path, out: str | Path, components: list[str]
     check_components(model_dir, components)
     model = read_model_config(model_dir)
     profile.validate_for(model)
-    sources = {SOURCE_FOLDERS[c]: folder_fingerprint(model_dir / SOURCE_FOLDERS[c]) for c in components}
+    # vae_decoder and vae_encoder share vae/: hash each source folder once
+    sources = {folder: folder_fingerprint(model_dir / folder) for folder in {SOURCE_FOLDERS[c] for c in components}}
     manifest = _open_directory(out, model_dir, model, sources, force)
     out.mkdir(parents=True, exist_ok=True)
     manifest.save(out)  # from here on the folder is recognisably an engine directory of this model
