@@ -67,7 +67,7 @@ def main(verbose: bool) -> None:
 def _generate(model: str | None, prompt: str, negative_prompt: str, image: str | None, frames: int | None,
               height: int | None, width: int | None, steps: int, guidance: float, dynamic_cfg: bool,
               scheduler: str, seed: int, dtype: str, device: str, out: str, backend: str = "torch",
-              engines: str | None = None) -> None:
+              engines: str | None = None, judge_video: bool = False) -> None:
     from tqdm import tqdm
 
     from cogvx.models import resolve_model
@@ -116,7 +116,22 @@ def _generate(model: str | None, prompt: str, negative_prompt: str, image: str |
     rows += [("write", f"{write_seconds:8.2f} s"),
              ("peak memory", f"{peak_memory_bytes(torch.device(device)) / 2**20:8.0f} MiB"),
              ("output", str(out_path))]
+    if judge_video:
+        rows.append(("judge", _judge_line(prompt, video)))
     print_table(rows)
+
+
+def _judge_line(prompt: str, video) -> str:
+    """What the toy world's judge sees in the video, against what the prompt asked for."""
+    from cogvx.training.toy.judge import judge, parse_caption
+
+    verdict = judge(video)
+    seen = f"{verdict.colour} {verdict.shape} {verdict.motion}"
+    try:
+        asked = " ".join(parse_caption(prompt))
+    except ValueError:
+        return f"{seen} (the prompt is not a toy caption)"
+    return f"{seen} ({'as asked' if seen == asked else 'asked for ' + asked})"
 
 
 _GENERATE_OPTIONS = [
@@ -282,7 +297,51 @@ def demo(prompt: str, steps: int, out: str) -> None:
     """The main job on the built-in default model (toy): prompt -> mp4."""
     _generate(model="toy", prompt=prompt, negative_prompt="", image=None, frames=None, height=None, width=None,
               steps=steps, guidance=6.0, dynamic_cfg=False, scheduler="ddim", seed=42, dtype="float32",
-              device="cpu", out=out)
+              device="cpu", out=out, judge_video=True)
+
+
+@main.command()
+@click.option("--model", default="toy", show_default=True, help="A toy-world model folder (or 'toy', the built-in one).")
+@click.option("--engines", type=click.Path(file_okay=False), default=None,
+              help="Judge an engine directory on ONNX Runtime instead (stages it lacks run from --model).")
+@click.option("--pairs", type=int, default=40, show_default=True, help="Prompt/seed pairs to generate and judge.")
+@click.option("--vae-clips", type=int, default=64, show_default=True,
+              help="Held-out clips for the VAE reconstruction PSNR (0: skip).")
+@click.option("--steps", type=int, default=50, show_default=True, help="DDIM steps per generation.")
+@click.option("--guidance", type=float, default=6.0, show_default=True)
+@click.option("--report", required=True, type=click.Path(file_okay=False),
+              help="Folder for report.md, report.json and contact_sheet.png.")
+def judge(model: str, engines: str | None, pairs: int, vae_clips: int, steps: int, guidance: float, report: str) -> None:
+    """Score a toy-world model: generate prompt/seed pairs from the caption grammar and judge colour, shape, motion."""
+    from cogvx.models import resolve_model
+    from cogvx.modeling.vae import CogVideoXVAE
+    from cogvx.runtime.pipeline import CogVideoXPipeline
+    from cogvx.training.toy.evaluate import eval_pairs, evaluate_generation, evaluate_vae, write_report
+
+    if pairs < 1 or vae_clips < 0 or steps < 1:
+        raise UserError(f"--pairs and --steps must be >= 1 and --vae-clips >= 0 (got {pairs}, {steps}, {vae_clips})")
+    try:
+        directory = resolve_model(model)
+        if engines is not None:
+            pipe = CogVideoXPipeline.from_engines(engines, directory)
+        else:
+            pipe = CogVideoXPipeline.from_pretrained(directory)
+        if pipe.config.num_frames != 17 or (pipe.config.height, pipe.config.width) != (64, 64):
+            raise UserError(f"{directory} makes {pipe.config.num_frames}x{pipe.config.height}x{pipe.config.width} "
+                            "video; the judge reads the toy world's 17x64x64 (train one with `cogvx train toy`)")
+        psnr = evaluate_vae(CogVideoXVAE.from_pretrained(directory / "vae"), vae_clips, progress=True) \
+            if vae_clips else None
+        result = evaluate_generation(pipe, eval_pairs(pairs), steps, guidance, progress=True)
+    except (FileNotFoundError, ValueError) as error:
+        raise UserError(str(error)) from None
+    path = write_report(report, str(engines or model), psnr, result)
+    s = result.scores
+    rows = [("model", str(engines or directory))]
+    if psnr is not None:
+        rows.append(("VAE PSNR", f"{sum(psnr) / len(psnr):.2f} dB mean, {min(psnr):.2f} dB min ({len(psnr)} clips)"))
+    rows += [("colour", f"{s['colour']:.0%}"), ("shape", f"{s['shape']:.0%}"), ("direction", f"{s['motion']:.0%}"),
+             ("all three", f"{s['all']:.0%} of {len(result.pairs)}"), ("report", str(path))]
+    print_table(rows)
 
 
 @main.command()

@@ -1,8 +1,10 @@
 """Where `--model` points: a checkpoint folder, or the built-in default model.
 
-The built-in default is the `toy` preset. Until trained toy weights ship in the repository, it is
-a random-weight toy checkpoint (real diffusers layout, real sentencepiece tokenizer trained on the
-toy caption grammar) built once into the cache folder and loaded like any other checkpoint.
+The built-in default, `toy`, is a trained tiny CogVideoX of the real architecture that ships in
+`cogvx/assets/toy/` (diffusers layout). It was made by `cogvx train toy` (training/toy/build.py) and
+is judged in benchmarks/results/toy/. Should the folder be missing (a source tree without the
+weights), `toy` falls back to a random-weight checkpoint of the same architecture, built once into
+the cache folder with a warning; tests use that builder for a model no training went into.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ def resolve_model(spec: str) -> Path:
         if (SHIPPED / "toy" / "model_index.json").is_file():
             return SHIPPED / "toy"
         target = cache_dir() / "toy-random"
+        logger.warning("the trained toy model is missing from %s; using random weights of its architecture (%s). "
+                       "Reinstall cogvx, or make one with `cogvx train toy`", SHIPPED / "toy", target)
         if not (target / "model_index.json").is_file():
             logger.info("building the random-weight toy checkpoint in %s", target)
             with torch.random.fork_rng(devices=[]):

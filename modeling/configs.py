@@ -124,10 +124,10 @@ class TransformerConfig(_ConfigIO):
             )
         if self.patch_size_t is not None and not self.use_rotary_positional_embeddings:
             raise ConfigError("temporal patching (patch_size_t) exists only in CogVideoX 1.5, which uses 3D RoPE")
-        if self.use_rotary_positional_embeddings and self.attention_head_dim % 8:
+        if self.use_rotary_positional_embeddings and self.attention_head_dim % 16:
             raise ConfigError(
                 f"attention_head_dim={self.attention_head_dim}: 3D RoPE splits the head dim 2/8, 3/8, 3/8 "
-                "into even parts, so it must be a multiple of 8"
+                "(time, height, width) and each part must be even, so it must be a multiple of 16"
             )
         if not self.use_rotary_positional_embeddings and self.hidden_size % 4:
             raise ConfigError(f"3D sincos positions need hidden size divisible by 4 (got {self.hidden_size})")
@@ -351,12 +351,12 @@ PRESETS: dict[str, ModelConfig] = {
     "toy": ModelConfig(
         "toy",
         TransformerConfig(
-            num_attention_heads=4, attention_head_dim=16, time_embed_dim=64, text_embed_dim=64,
+            num_attention_heads=8, attention_head_dim=16, time_embed_dim=64, text_embed_dim=64,
             num_layers=4, sample_width=8, sample_height=8, sample_frames=17, max_text_seq_length=32,
             use_rotary_positional_embeddings=True,
         ),
         VAEConfig(
-            block_out_channels=(32, 32, 64, 64), layers_per_block=1, norm_num_groups=8,
+            block_out_channels=(16, 32, 32, 64), layers_per_block=1, norm_num_groups=8,
             sample_height=64, sample_width=64, scaling_factor=1.0,
         ),
         TextEncoderConfig(vocab_size=256, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,

@@ -38,6 +38,11 @@ def test_demo_runs_the_default_model(runner, tmp_path):
     result = runner.invoke(main, ["demo", "--steps", "2", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert out.is_file() and out.stat().st_size > 0
+    # the table ends with what the toy world's judge sees in the video, against the prompt
+    from cogvx.training.toy.captions import COLOURS, MOTIONS, SHAPES
+
+    seen = rf"({'|'.join(COLOURS)}) ({'|'.join(SHAPES)}) ({'|'.join(MOTIONS)})"
+    assert re.search(rf"judge\s+{seen} \((as asked|asked for red square moving right)\)", result.output), result.output
 
 
 @pytest.mark.parametrize("arguments,message", [

@@ -108,3 +108,32 @@ def train_vae(config_path, resume, no_progress, **overrides) -> None:
     from cogvx.training.trainer import VAETrainer
 
     _run(VAETrainer, config_path, resume, no_progress, **overrides)
+
+
+@train.command("toy")
+@click.option("--work", required=True, type=click.Path(file_okay=False),
+              help="Working folder: data, both runs, latent cache, report (an interrupted build continues here).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="The finished model (a new folder).")
+@click.option("--clips", type=int, help="Training clips (default: the recipe's, 3000).")
+@click.option("--vae-steps", type=int, help="VAE steps (default: the recipe's).")
+@click.option("--transformer-steps", type=int, help="Transformer steps (default: the recipe's).")
+@click.option("--seed", type=int, help="Seed of the whole build (default 0).")
+@click.option("--no-eval", is_flag=True, help="Skip the evaluation (VAE PSNR, judged generations).")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def train_toy(work, out, clips, vae_steps, transformer_steps, seed, no_eval, no_progress) -> None:
+    """The built-in toy model from nothing: toy data -> VAE -> latent cache -> transformer -> judged report.
+
+    The shipped model is `cogvx train toy --work runs/toy --out toy-model` (under an hour on 2 CPU cores).
+    """
+    from cogvx.training.toy.build import ToyRecipe, build_toy
+
+    changes = {"train_clips": clips, "vae_steps": vae_steps, "transformer_steps": transformer_steps, "seed": seed}
+    recipe = ToyRecipe().replace(**{k: v for k, v in changes.items() if v is not None})
+    try:
+        model = build_toy(work, out, recipe, progress=not no_progress, evaluate=not no_eval,
+                          say=lambda message: click.echo(message, err=True))
+    except (FileExistsError, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"model   {model}")
+    if not no_eval:
+        click.echo(f"report  {Path(work) / 'report' / 'report.md'}")

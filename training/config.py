@@ -93,8 +93,11 @@ class OptimizerSection:
 
 @dataclass(frozen=True)
 class VAELossSection:
-    """The VAE objective: L1 + kl_weight KL + perceptual_weight LPIPS + gan_weight GAN (from gan_start_step)."""
+    """The VAE objective: L1 + kl_weight KL + perceptual_weight LPIPS + gan_weight GAN (from gan_start_step).
 
+    reconstruction: "l1" (the paper's) or "mse" (for sparse scenes where L1's median is the background)."""
+
+    reconstruction: str = "l1"
     kl_weight: float = 1e-6
     perceptual_weight: float = 0.1
     vgg16_weights: str | None = None  # torchvision VGG16 state dict; no path -> no perceptual term
@@ -154,6 +157,8 @@ class TrainConfig:
             (self.batch_size >= 1, f"batch_size must be >= 1 (got {self.batch_size})"),
             (self.log_every >= 1 and self.save_every >= 1,
              f"log_every and save_every must be >= 1 (got {self.log_every}, {self.save_every})"),
+            (self.vae_loss.reconstruction in ("l1", "mse"),
+             f"vae_loss.reconstruction must be 'l1' or 'mse' (got {self.vae_loss.reconstruction!r})"),
             (self.pack_tokens is None or self.pack_tokens > 0, f"pack_tokens must be > 0 (got {self.pack_tokens})"),
             (self.model.checkpoint is not None or self.model.preset is not None,
              "[model] needs checkpoint (a diffusers model folder) or preset (e.g. 'toy') or both"),

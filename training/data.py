@@ -143,7 +143,8 @@ class VideoFolder(torch.utils.data.Dataset):
                         "dataset was built); check the disk and rebuild the dataset")
 
 
-def cache_latents(dataset, vae, text_encoder, folder: str | Path, generator: torch.Generator | None = None) -> Path:
+def cache_latents(dataset, vae, text_encoder, folder: str | Path, generator: torch.Generator | None = None,
+                  progress: bool = False) -> Path:
     """Encode every item once (a posterior sample, scaled) with its caption's text embedding.
 
     The folder is filled under a temporary name and renamed when every clip is in, so an interrupted
@@ -156,9 +157,11 @@ def cache_latents(dataset, vae, text_encoder, folder: str | Path, generator: tor
     folder = Path(folder)
     if folder.exists():
         raise FileExistsError(f"{folder} exists; choose a new folder for the latent cache or delete the old one")
+    from tqdm import tqdm
+
     scale = vae.config.scaling_factor
     with staged_directory(folder) as staging:
-        for index in range(len(dataset)):
+        for index in tqdm(range(len(dataset)), desc="cache latents", unit="clip", disable=not progress):
             item = dataset[index]
             with torch.no_grad():
                 latents = vae.encode(item["video"][None]).sample(generator)[0] * scale  # (C, F, h, w)

@@ -383,7 +383,8 @@ class VAETrainer(Trainer):
         if losses.vgg16_weights:
             perceptual = PerceptualLoss(losses.vgg16_weights, losses.lpips_weights).to(self.context.device)
         self.loss = VAELoss(losses.kl_weight, perceptual, losses.perceptual_weight, discriminator,
-                            losses.gan_weight, losses.gan_start_step or 0, losses.adaptive_gan_weight)
+                            losses.gan_weight, losses.gan_start_step or 0, losses.adaptive_gan_weight,
+                            losses.reconstruction)
         return vae.float().train().requires_grad_(True)
 
     def build_adapter(self, model):

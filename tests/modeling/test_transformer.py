@@ -221,6 +221,10 @@ def test_config_errors(tmp_path):
         TransformerConfig.from_dict({"use_magic": True})
     with pytest.raises(ConfigError, match="unknown preset 'cogvideox-7b'"):
         CogVideoXTransformer.from_preset("cogvideox-7b")
+    # head dim 8 splits 2/3/3 for RoPE: odd parts used to pass the config and fail in forward
+    with pytest.raises(ConfigError, match="multiple of 16"):
+        TransformerConfig(attention_head_dim=8, use_rotary_positional_embeddings=True)
+    assert TransformerConfig(attention_head_dim=16, use_rotary_positional_embeddings=True).hidden_size == 30 * 16
 
 
 def test_fp16_on_5b_warns(caplog):

@@ -88,6 +88,7 @@ def test_unknown_keys_are_refused_with_the_allowed_keys(data, message):
     (dict(model={}), "needs checkpoint"),
     (dict(stages=[{"height": 32, "width": 32, "frames": 9, "steps": 1}]), r"stages\[0\] is missing lr"),
     (dict(strategy="fsdp2", vae_loss={"gan_start_step": 10}), "adaptive_gan_weight = false"),
+    (dict(vae_loss={"reconstruction": "l2"}), r"vae_loss.reconstruction must be 'l1' or 'mse' \(got 'l2'\)"),
 ])
 def test_bad_values_say_what_to_change(changes, message):
     with pytest.raises(TrainConfigError, match=message):

@@ -126,3 +126,15 @@ def test_adaptive_gan_weight_balances_the_gradients():
     rec_grad = torch.autograd.grad(l1_loss(video, reconstruction).mean(), last, retain_graph=True)[0]
     gan_grad = torch.autograd.grad(gan, last)[0]
     assert parts["gan_weight"] == pytest.approx((rec_grad.norm() / (gan_grad.norm() + 1e-4)).item(), rel=1e-5)
+
+
+def test_vae_loss_mse_reconstruction():
+    video = torch.zeros(1, 3, 5, 16, 16)
+    reconstruction = video + 0.5
+    mean, logvar = torch.zeros(1, 4, 2, 2, 2), torch.zeros(1, 4, 2, 2, 2)  # KL 0
+    loss, parts = VAELoss(reconstruction="mse").generator_loss(video, reconstruction, mean, logvar, step=0)
+    assert loss.item() == pytest.approx(0.25) and parts["mse"] == pytest.approx(0.25) and "l1" not in parts
+    l1, parts = VAELoss().generator_loss(video, reconstruction, mean, logvar, step=0)
+    assert l1.item() == pytest.approx(0.5) and parts["l1"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match=r"reconstruction must be one of \['l1', 'mse'\]"):
+        VAELoss(reconstruction="huber")
