@@ -290,7 +290,7 @@ def validate(model: str, engines: str, prompt: str, frames, height, width, steps
 
 
 @main.command()
-@click.option("--prompt", default="a red square moving right", show_default=True)
+@click.option("--prompt", default="a red circle moving right", show_default=True)
 @click.option("--steps", type=int, default=50, show_default=True)
 @click.option("--out", default="demo.mp4", show_default=True)
 def demo(prompt: str, steps: int, out: str) -> None:
@@ -314,27 +314,17 @@ def demo(prompt: str, steps: int, out: str) -> None:
 def judge(model: str, engines: str | None, pairs: int, vae_clips: int, steps: int, guidance: float, report: str) -> None:
     """Score a toy-world model: generate prompt/seed pairs from the caption grammar and judge colour, shape, motion."""
     from cogvx.models import resolve_model
-    from cogvx.modeling.vae import CogVideoXVAE
-    from cogvx.runtime.pipeline import CogVideoXPipeline
-    from cogvx.training.toy.evaluate import eval_pairs, evaluate_generation, evaluate_vae, write_report
+    from cogvx.training.toy.evaluate import evaluate_model
 
     if pairs < 1 or vae_clips < 0 or steps < 1:
         raise UserError(f"--pairs and --steps must be >= 1 and --vae-clips >= 0 (got {pairs}, {steps}, {vae_clips})")
     try:
         directory = resolve_model(model)
-        if engines is not None:
-            pipe = CogVideoXPipeline.from_engines(engines, directory)
-        else:
-            pipe = CogVideoXPipeline.from_pretrained(directory)
-        if pipe.config.num_frames != 17 or (pipe.config.height, pipe.config.width) != (64, 64):
-            raise UserError(f"{directory} makes {pipe.config.num_frames}x{pipe.config.height}x{pipe.config.width} "
-                            "video; the judge reads the toy world's 17x64x64 (train one with `cogvx train toy`)")
-        psnr = evaluate_vae(CogVideoXVAE.from_pretrained(directory / "vae"), vae_clips, progress=True) \
-            if vae_clips else None
-        result = evaluate_generation(pipe, eval_pairs(pairs), steps, guidance, progress=True)
+        path, psnr, result = evaluate_model(directory, report, vae_clips=vae_clips, pairs=pairs, steps=steps,
+                                            guidance=guidance, engines=engines, name=str(engines or model),
+                                            progress=True)
     except (FileNotFoundError, ValueError) as error:
         raise UserError(str(error)) from None
-    path = write_report(report, str(engines or model), psnr, result)
     s = result.scores
     rows = [("model", str(engines or directory))]
     if psnr is not None:

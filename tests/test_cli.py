@@ -42,7 +42,7 @@ def test_demo_runs_the_default_model(runner, tmp_path):
     from cogvx.training.toy.captions import COLOURS, MOTIONS, SHAPES
 
     seen = rf"({'|'.join(COLOURS)}) ({'|'.join(SHAPES)}) ({'|'.join(MOTIONS)})"
-    assert re.search(rf"judge\s+{seen} \((as asked|asked for red square moving right)\)", result.output), result.output
+    assert re.search(rf"judge\s+{seen} \((as asked|asked for red circle moving right)\)", result.output), result.output
 
 
 @pytest.mark.parametrize("arguments,message", [

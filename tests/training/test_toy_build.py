@@ -142,7 +142,7 @@ def test_generation_scores_are_judge_accuracies(tmp_path):
     assert json.loads((tmp_path / "r" / "report.json").read_text())["generation"]["scores"]["colour"] == 0.0
 
 
-def test_judge_cli_scores_the_model(micro_build, tmp_path):
+def test_judge_cli_scores_the_model(micro_build, tmp_path, tiny_checkpoint):
     result = CliRunner().invoke(main, ["judge", "--model", str(micro_build.out), "--pairs", "2", "--steps", "2",
                                        "--vae-clips", "1", "--report", str(tmp_path / "report")])
     assert result.exit_code == 0, result.output
@@ -152,3 +152,7 @@ def test_judge_cli_scores_the_model(micro_build, tmp_path):
     bad = CliRunner().invoke(main, ["judge", "--model", str(micro_build.out), "--pairs", "0", "--report",
                                     str(tmp_path / "r2")])
     assert bad.exit_code == 2 and "--pairs" in bad.output and not (tmp_path / "r2").exists()
+    other = CliRunner().invoke(main, ["judge", "--model", str(tiny_checkpoint("2b")), "--pairs", "1", "--report",
+                                      str(tmp_path / "r3")])
+    assert other.exit_code == 2 and "the judge reads the toy world's 17x64x64" in other.output
+    assert not (tmp_path / "r3").exists()

@@ -154,11 +154,11 @@ def build_base(work: Path, recipe: ToyRecipe, vae_checkpoint: Path) -> Path:
     from .world import ToyClips
 
     preset = PRESETS["toy"]
-    vae = CogVideoXVAE.from_pretrained(vae_checkpoint / "vae")
-    scale = measure_scaling_factor(vae, ToyClips(recipe.scale_clips, DATA_SEED, recipe.frames, recipe.height,
-                                                 recipe.width), recipe.scale_clips)
-    vae = CogVideoXVAE(vae.config.replace(scaling_factor=round(scale, 6)))
-    vae.load_state_dict(CogVideoXVAE.from_pretrained(vae_checkpoint / "vae").state_dict())
+    trained = CogVideoXVAE.from_pretrained(vae_checkpoint / "vae")
+    scale = measure_scaling_factor(trained, ToyClips(recipe.scale_clips, DATA_SEED, recipe.frames, recipe.height,
+                                                     recipe.width), recipe.scale_clips)
+    vae = CogVideoXVAE(trained.config.replace(scaling_factor=round(scale, 6)))
+    vae.load_state_dict(trained.state_dict())
     logger.info("VAE scaling factor %.4f (1 / std of the latents of %d clips)", scale, recipe.scale_clips)
     with tempfile.TemporaryDirectory() as scratch:
         tokenizer = AutoTokenizer.from_pretrained(train_tokenizer(Path(scratch) / "tokenizer"))
@@ -201,6 +201,7 @@ def build_toy(work: str | Path, out: str | Path, recipe: ToyRecipe = ToyRecipe()
 
     from ..data import VideoFolder, cache_latents
     from ..trainer import TransformerTrainer, VAETrainer
+    from .evaluate import evaluate_model
     from .world import write_dataset
 
     work, out = Path(work), Path(out)
@@ -243,25 +244,7 @@ def build_toy(work: str | Path, out: str | Path, recipe: ToyRecipe = ToyRecipe()
         say(f"[6/6] evaluation: VAE PSNR on {recipe.eval_clips} held-out clips, judge on {recipe.eval_pairs} "
             f"generations -> {work / 'report'}")
         with _timed(work, "evaluation"):
-            evaluate_model(out, work / "report", recipe, progress)
+            evaluate_model(out, work / "report", vae_clips=recipe.eval_clips, pairs=recipe.eval_pairs,
+                           steps=recipe.eval_steps, guidance=recipe.eval_guidance, seed=recipe.seed,
+                           progress=progress)
     return out
-
-
-def evaluate_model(model: str | Path, report: str | Path, recipe: ToyRecipe = ToyRecipe(), progress: bool = True,
-                   vae: bool = True, generation: bool = True) -> Path:
-    """VAE PSNR on held-out clips + the judge on generated prompt/seed pairs -> report/report.md."""
-    from cogvx.modeling.vae import CogVideoXVAE
-    from cogvx.runtime.pipeline import CogVideoXPipeline
-
-    from .evaluate import eval_pairs, evaluate_generation, evaluate_vae, write_report
-
-    model = Path(model)
-    psnr = result = None
-    if vae:
-        psnr = evaluate_vae(CogVideoXVAE.from_pretrained(model / "vae"), recipe.eval_clips, frames=recipe.frames,
-                            height=recipe.height, width=recipe.width, progress=progress)
-    if generation:
-        pipe = CogVideoXPipeline.from_pretrained(model)
-        result = evaluate_generation(pipe, eval_pairs(recipe.eval_pairs, recipe.seed), recipe.eval_steps,
-                                     recipe.eval_guidance, progress)
-    return write_report(report, str(model), psnr, result)

@@ -164,3 +164,26 @@ def write_report(folder: str | Path, model: str, vae_psnr: list[float] | None = 
                        ("report.md", report_markdown(vae_psnr, result, model))):
         atomic_write(folder / name, lambda temporary, text=text: Path(temporary).write_text(text))
     return folder / "report.md"
+
+
+def evaluate_model(model_dir: str | Path, report: str | Path, *, vae_clips: int = 64, pairs: int = 40,
+                   steps: int = 50, guidance: float = 6.0, seed: int = 0, engines: str | Path | None = None,
+                   name: str | None = None, progress: bool = False) -> tuple[Path, list[float] | None, GenerationEval]:
+    """VAE PSNR on `vae_clips` held-out clips (0: skip) and the judge on `pairs` generations -> report/.
+
+    With `engines`, generation runs on that engine directory (ONNX Runtime), stages it lacks and the
+    VAE PSNR on `model_dir`'s torch modules. Returns (report.md, per-clip PSNR, generations).
+    """
+    from cogvx.modeling.vae import CogVideoXVAE
+    from cogvx.runtime.pipeline import CogVideoXPipeline
+
+    model_dir = Path(model_dir)
+    pipe = CogVideoXPipeline.from_engines(engines, model_dir) if engines else CogVideoXPipeline.from_pretrained(model_dir)
+    shape = (pipe.config.num_frames, pipe.config.height, pipe.config.width)
+    if shape != (17, 64, 64):
+        raise ValueError(f"{engines or model_dir} makes {'x'.join(map(str, shape))} video; the judge reads the toy "
+                         "world's 17x64x64 (train a toy-world model with `cogvx train toy`)")
+    psnr = evaluate_vae(CogVideoXVAE.from_pretrained(model_dir / "vae"), vae_clips, progress=progress) \
+        if vae_clips else None
+    result = evaluate_generation(pipe, eval_pairs(pairs, seed), steps, guidance, progress)
+    return write_report(report, name or str(engines or model_dir), psnr, result), psnr, result
