@@ -165,3 +165,11 @@ def test_export_bad_input_is_one_line_and_exit_2(runner, tmp_path, arguments, me
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert not out.exists() or not any(out.glob("*.onnx"))
+
+
+def test_judge_refuses_engines_that_cannot_make_toy_clips(runner, toy_engines, tmp_path):
+    out, _ = toy_engines  # exported for 9x64x64; the judge needs 17x64x64
+    result = runner.invoke(main, ["judge", "--engines", str(out), "--pairs", "1", "--report", str(tmp_path / "r")])
+    assert result.exit_code == 2, result.output
+    assert "frames 17 is outside this engine's profile (exactly 9)" in result.output
+    assert "export with --profile 17x64x64" in result.output and not (tmp_path / "r").exists()

@@ -121,13 +121,13 @@ class RenderingPipe:
     def __init__(self, swap_colour: bool = False):
         self.swap_colour = swap_colour
 
-    def __call__(self, prompt, num_inference_steps, guidance_scale, seed):
+    def __call__(self, prompt, num_frames, height, width, num_inference_steps, guidance_scale, seed):
         colour, shape, motion = prompt.removeprefix("a ").split(" ", 2)
         if self.swap_colour:
             colour = {"red": "blue", "blue": "red", "green": "yellow", "yellow": "green"}[colour]
         base = sample_spec(np.random.default_rng(seed))
         spec = ClipSpec(colour, shape, motion, 32.0, 32.0, base.size, 20.0 if motion != "standing still" else 0.0)
-        return SimpleNamespace(frames=render(spec)[None])
+        return SimpleNamespace(frames=render(spec, num_frames, height, width)[None])
 
 
 def test_generation_scores_are_judge_accuracies(tmp_path):
@@ -154,5 +154,27 @@ def test_judge_cli_scores_the_model(micro_build, tmp_path, tiny_checkpoint):
     assert bad.exit_code == 2 and "--pairs" in bad.output and not (tmp_path / "r2").exists()
     other = CliRunner().invoke(main, ["judge", "--model", str(tiny_checkpoint("2b")), "--pairs", "1", "--report",
                                       str(tmp_path / "r3")])
-    assert other.exit_code == 2 and "the judge reads the toy world's 17x64x64" in other.output
+    assert other.exit_code == 2 and "the judge reads the toy world's 17x64x64" in other.output, other.output
     assert not (tmp_path / "r3").exists()
+
+
+def test_judge_on_engines_matches_torch(micro_build, tmp_path):
+    from cogvx.engines.export_dir import export_engines
+    from cogvx.export.profiles import ShapeProfile, ShapeSpec
+    from cogvx.training.toy.evaluate import evaluate_model
+
+    engines = tmp_path / "engines"
+    export_engines(micro_build.out, engines, ["text_encoder", "transformer", "vae_decoder"],
+                   ShapeProfile.static(ShapeSpec(1, 17, 64, 64, 32)))
+    _, _, on_engines = evaluate_model(micro_build.out, tmp_path / "ort", vae_clips=0, pairs=2, steps=3,
+                                      engines=engines)
+    _, _, on_torch = evaluate_model(micro_build.out, tmp_path / "torch", vae_clips=0, pairs=2, steps=3)
+    for a, b in zip(on_engines.verdicts, on_torch.verdicts):  # fp32 ORT vs torch: the same videos, judged alike
+        assert (a.colour, a.shape, a.motion) == (b.colour, b.shape, b.motion)
+        assert np.allclose(a.displacement, b.displacement, atol=0.05)
+    assert max(np.abs(x.astype(int) - y.astype(int)).max() for x, y in zip(on_engines.videos, on_torch.videos)) <= 1
+    nine = tmp_path / "engines-9"
+    export_engines(micro_build.out, nine, ["transformer"], ShapeProfile.static(ShapeSpec(1, 9, 64, 64, 32)))
+    with pytest.raises(ValueError, match=r"the judge generates 17x64x64 video and .* cannot \(frames 17 is outside .*\); export with --profile 17x64x64"):
+        evaluate_model(micro_build.out, tmp_path / "never", pairs=1, engines=nine)
+    assert not (tmp_path / "never").exists()

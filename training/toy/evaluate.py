@@ -23,6 +23,7 @@ from .world import ToyClips
 
 logger = logging.getLogger(__name__)
 
+TOY_SHAPE = (17, 64, 64)  # frames, height, width of every toy-world clip: what the judge reads
 HELD_OUT_SEED = 9_000  # toy data seed of the held-out clips (training sets use small seeds)
 EVAL_SEED_BASE = 1_000_000  # generation seeds: far from every seed a trainer draws from
 
@@ -80,7 +81,9 @@ def evaluate_generation(pipe, pairs: list[tuple[str, int]], steps: int = 50, gui
 
     verdicts, videos = [], []
     for prompt, seed in tqdm(pairs, desc="generate + judge", unit="clip", disable=not progress):
-        video = pipe(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance, seed=seed).frames[0]
+        frames, height, width = TOY_SHAPE
+        video = pipe(prompt=prompt, num_frames=frames, height=height, width=width, num_inference_steps=steps,
+                     guidance_scale=guidance, seed=seed).frames[0]
         videos.append(video)
         verdicts.append(judge(video))
     return GenerationEval(pairs, verdicts, videos, steps, guidance)
@@ -178,11 +181,21 @@ def evaluate_model(model_dir: str | Path, report: str | Path, *, vae_clips: int 
     from cogvx.runtime.pipeline import CogVideoXPipeline
 
     model_dir = Path(model_dir)
-    pipe = CogVideoXPipeline.from_engines(engines, model_dir) if engines else CogVideoXPipeline.from_pretrained(model_dir)
-    shape = (pipe.config.num_frames, pipe.config.height, pipe.config.width)
-    if shape != (17, 64, 64):
-        raise ValueError(f"{engines or model_dir} makes {'x'.join(map(str, shape))} video; the judge reads the toy "
-                         "world's 17x64x64 (train a toy-world model with `cogvx train toy`)")
+    toy = "x".join(map(str, TOY_SHAPE))
+    if engines:
+        pipe = CogVideoXPipeline.from_engines(engines, model_dir)
+        try:
+            pipe.check_profiles(1, *TOY_SHAPE)  # one video per request (the CFG pair is inside the profile)
+        except ValueError as error:
+            reason = str(error).split(";")[0]
+            raise ValueError(f"the judge generates {toy} video and {engines} cannot ({reason}); export with "
+                             f"--profile {toy}") from None
+    else:
+        pipe = CogVideoXPipeline.from_pretrained(model_dir)
+        shape = (pipe.config.num_frames, pipe.config.height, pipe.config.width)
+        if shape != TOY_SHAPE:
+            raise ValueError(f"{model_dir} makes {'x'.join(map(str, shape))} video; the judge reads the toy world's "
+                             f"{toy} (train a toy-world model with `cogvx train toy`)")
     psnr = evaluate_vae(CogVideoXVAE.from_pretrained(model_dir / "vae"), vae_clips, progress=progress) \
         if vae_clips else None
     result = evaluate_generation(pipe, eval_pairs(pairs, seed), steps, guidance, progress)
