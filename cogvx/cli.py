@@ -125,8 +125,7 @@ def _judge_line(prompt: str, video) -> str:
     """What the toy world's judge sees in the video, against what the prompt asked for."""
     from cogvx.training.toy.judge import judge, parse_caption
 
-    verdict = judge(video)
-    seen = f"{verdict.colour} {verdict.shape} {verdict.motion}"
+    seen = judge(video).words
     try:
         asked = " ".join(parse_caption(prompt))
     except ValueError:

@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 STRATEGIES = ("ddp", "fsdp2")
 PRECISIONS = ("fp32", "bf16")
+RECONSTRUCTIONS = ("l1", "mse")  # VAE reconstruction losses (cogvx.training.losses.RECONSTRUCTION_LOSSES)
 
 
 class TrainConfigError(ValueError):
@@ -157,7 +158,7 @@ class TrainConfig:
             (self.batch_size >= 1, f"batch_size must be >= 1 (got {self.batch_size})"),
             (self.log_every >= 1 and self.save_every >= 1,
              f"log_every and save_every must be >= 1 (got {self.log_every}, {self.save_every})"),
-            (self.vae_loss.reconstruction in ("l1", "mse"),
+            (self.vae_loss.reconstruction in RECONSTRUCTIONS,
              f"vae_loss.reconstruction must be 'l1' or 'mse' (got {self.vae_loss.reconstruction!r})"),
             (self.pack_tokens is None or self.pack_tokens > 0, f"pack_tokens must be > 0 (got {self.pack_tokens})"),
             (self.model.checkpoint is not None or self.model.preset is not None,

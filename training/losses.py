@@ -166,7 +166,7 @@ class VAELoss(nn.Module):
     `reconstruction="mse"` puts squared error in place of L1. L1's optimum is the per-pixel median, and
     where a small object covers a few percent of the frame the median is the background: on the toy
     world an L1-trained VAE stays at ~18 dB (background only) for hundreds of steps while MSE passes
-    22 dB in 300 (measured, see training/toy/build.py). Real footage is dense; there L1 is the recipe.
+    22 dB in 300 (measured, see docs/toy-model.md). Real footage is dense; there L1 is the recipe.
     `generator_loss` is the VAE's objective, `discriminator_loss` the discriminator's; both return
     (scalar loss, {name: float} parts for the log).
     """

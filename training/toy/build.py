@@ -195,10 +195,7 @@ def _timed(work: Path, name: str):
 def build_toy(work: str | Path, out: str | Path, recipe: ToyRecipe = ToyRecipe(), progress: bool = True,
               evaluate: bool = True, say: Callable[[str], None] = logger.info) -> Path:
     """Data -> VAE -> base model -> latent cache -> transformer -> out (+ the evaluation report)."""
-    from cogvx.modeling.configs import PRESETS
-    from cogvx.modeling.text_encoder import TextEncoder
-    from cogvx.modeling.vae import CogVideoXVAE
-
+    from ..conditioning import Conditioning
     from ..data import VideoFolder, cache_latents
     from ..trainer import TransformerTrainer, VAETrainer
     from .evaluate import evaluate_model
@@ -228,12 +225,10 @@ def build_toy(work: str | Path, out: str | Path, recipe: ToyRecipe = ToyRecipe()
     if not (work / "latents").is_dir():
         say(f"[4/6] latent cache of every clip in {work / 'latents'}")
         with _timed(work, "latents"):
-            vae = CogVideoXVAE.from_pretrained(work / "base" / "vae")
-            text_encoder = TextEncoder.from_pretrained(work / "base" / "text_encoder", work / "base" / "tokenizer",
-                                                       max_length=PRESETS["toy"].max_text_len)
+            encoders = Conditioning.from_checkpoint(work / "base")  # the base's VAE and T5, as the trainer loads them
             clips = VideoFolder(work / "data", recipe.frames, recipe.height, recipe.width)
-            cache_latents(clips, vae, text_encoder, work / "latents", torch.Generator().manual_seed(recipe.seed),
-                          progress=progress)
+            cache_latents(clips, encoders.vae, encoders.text_encoder, work / "latents",
+                          torch.Generator().manual_seed(recipe.seed), progress=progress)
     say(f"[5/6] transformer: {recipe.transformer_steps + recipe.transformer_final_steps} steps "
         f"(run in {work / 'transformer'})")
     with _timed(work, "transformer"):

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .captions import all_captions
-from .judge import Verdict, judge, score
+from .judge import Verdict, judge, parse_caption, score
 from .world import ToyClips
 
 logger = logging.getLogger(__name__)
@@ -110,8 +110,7 @@ def contact_sheet(result: GenerationEval, path: Path, columns: int = 4) -> Path:
         gap = np.full((video.shape[1], 2, 3), 255, np.uint8)
         strip = np.concatenate(sum(([video[i], gap] for i in picks), [])[:-1], axis=1)
         ax.imshow(strip)
-        wanted = prompt.removeprefix("a ")
-        seen = f"{verdict.colour} {verdict.shape} {verdict.motion}"
+        wanted, seen = " ".join(parse_caption(prompt)), verdict.words
         right = seen == wanted
         ax.set_title(f"{wanted}\n{'=' if right else '->'} {seen}", fontsize=6.5, color="black" if right else "firebrick")
     figure.tight_layout()
@@ -136,7 +135,7 @@ def report_markdown(vae_psnr: list[float] | None, result: GenerationEval | None,
                   "| # | prompt | seed | colour | shape | motion | centroid dx, dy (px) |",
                   "|---|---|---|---|---|---|---|"]
         for k, ((prompt, seed), v) in enumerate(zip(result.pairs, result.verdicts)):
-            truth = prompt.removeprefix("a ").split(" ", 2)
+            truth = parse_caption(prompt)
 
             def mark(seen: str, wanted: str) -> str:
                 return seen if seen == wanted else f"**{seen}** (not {wanted})"

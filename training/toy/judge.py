@@ -33,6 +33,11 @@ class Verdict:
     overlap: float  # intersection over union with the best shape template
     foreground: float  # fraction of pixels that are foreground (0: nothing found)
 
+    @property
+    def words(self) -> str:
+        """'red square moving right': the caption's three parts, as `parse_caption` splits them."""
+        return f"{self.colour} {self.shape} {self.motion}"
+
 
 def parse_caption(text: str) -> tuple[str, str, str]:
     """'a red square moving right' -> ('red', 'square', 'moving right')."""
