@@ -1,4 +1,6 @@
-"""Explicit uniform timestep sampling on vs off: per-step loss variance and final loss (SPEC.md section 6).
+"""Explicit uniform timestep sampling on vs off: per-step loss variance and final loss.
+
+The method is described in docs/reference.md, 'Training recipes'.
 
 Two data-parallel ranks are simulated in one process: every step draws a per-rank batch with each
 rank's own `TimestepSampler` (explicit uniform: rank 0 in [0, 500), rank 1 in [500, 1000); off:

@@ -50,8 +50,8 @@ def _median_seconds(fn, repeats: int) -> float:
 # -- per component -------------------------------------------------------------------------------
 
 def components(repeats: int) -> dict:
+    from cogvx.contract.shapes import ShapeProfile, ShapeSpec
     from cogvx.engines.export_dir import export_engines
-    from cogvx.export.profiles import ShapeProfile, ShapeSpec
     from cogvx.models import resolve_model
     from cogvx.modeling.positions import position_tables
     from cogvx.modeling.text_encoder import tokenize_prompts
@@ -99,6 +99,7 @@ def _decode_child(mode: str, folder: Path, frames: int, arena: bool) -> None:
     import numpy as np
     import onnxruntime as ort
 
+    from cogvx.contract.components import DECODER_CACHE
     from cogvx.modeling.vae import DECODE_CHUNK, chunk_bounds
 
     options = ort.SessionOptions()
@@ -118,8 +119,8 @@ def _decode_child(mode: str, folder: Path, frames: int, arena: bool) -> None:
             session = sessions[f"stream_first_{end - begin}" if index == 0 else "stream_next"]
             names = [o.name for o in session.get_outputs()]
             outputs = dict(zip(names, session.run(None, {"latents": latents[:, :, begin:end], **cache})))
-            cache = {name.replace("conv_cache_out.", "conv_cache."): value for name, value in outputs.items()
-                     if name.startswith("conv_cache_out.")}
+            cache = {DECODER_CACHE.as_input(name): value for name, value in outputs.items()
+                     if name.startswith(DECODER_CACHE.output_prefix)}
     seconds = time.perf_counter() - start
     print(json.dumps({"mode": mode, "peak_growth_bytes": _status("VmHWM") - before, "seconds": round(seconds, 2)}))
 
@@ -127,9 +128,9 @@ def _decode_child(mode: str, folder: Path, frames: int, arena: bool) -> None:
 def decode_memory(frames: int, height: int, width: int) -> dict:
     from torch import nn
 
-    from cogvx.export.descriptors import VAEDecoderDescriptor, first_chunk_sizes
-    from cogvx.export.onnx_export import _export, export_decoder_chunk
-    from cogvx.export.profiles import ShapeProfile, ShapeSpec
+    from cogvx.contract.shapes import ShapeProfile, ShapeSpec
+    from cogvx.export.descriptors import Graph, VAEDecoderDescriptor
+    from cogvx.export.onnx_export import export_graph
     from cogvx.modeling.configs import PRESETS
     from cogvx.modeling.vae import CogVideoXVAE
 
@@ -137,11 +138,8 @@ def decode_memory(frames: int, height: int, width: int) -> dict:
     vae = CogVideoXVAE.from_preset("cogvideox-5b").eval()
     profile = ShapeProfile.static(ShapeSpec(1, frames, height, width, 226))
     folder = Path(tempfile.mkdtemp(prefix="cogvx-decode-"))
-    for size in first_chunk_sizes(profile):
-        descriptor = VAEDecoderDescriptor(model, True, size)
-        export_decoder_chunk(descriptor, vae, profile, folder / f"stream_first_{size}.onnx")
-    descriptor = VAEDecoderDescriptor(model, False, 2)
-    export_decoder_chunk(descriptor, vae, profile, folder / "stream_next.onnx")
+    for graph in VAEDecoderDescriptor(model).graphs(vae, profile, torch.float32):
+        export_graph(graph, folder / f"stream_{graph.role}.onnx")  # stream_first_N, stream_next
 
     class WholeDecode(nn.Module):  # the naive export: one graph, every frame at once (no cache I/O)
         def __init__(self):
@@ -154,10 +152,9 @@ def decode_memory(frames: int, height: int, width: int) -> dict:
     latent_frames = profile.opt.latent_frames()
     shape = [1, model.vae.latent_channels, latent_frames, height // 8, width // 8]
 
-    class Whole:
-        input_names, output_names = ["latents"], ["frames"]
-
-    _export(WholeDecode().eval(), (torch.randn(shape),), None, None, Whole, folder / "whole.onnx")
+    whole = Graph("whole", "whole.onnx", WholeDecode().eval(), args=(torch.randn(shape),), input_names=["latents"],
+                  output_names=["frames"])
+    export_graph(whole, folder / "whole.onnx")
     (folder / "shape.json").write_text(json.dumps({"latents": shape}))
     del vae
     result = {"video": f"{frames}x{height}x{width}", "vae": "cogvideox-5b config, random weights, fp32, ORT CPU",
@@ -183,9 +180,9 @@ def decode_memory(frames: int, height: int, width: int) -> dict:
 # -- export cost of the real 2B -----------------------------------------------------------------
 
 def _export_2b_child(folder: Path, frames: int, height: int, width: int) -> None:
+    from cogvx.contract.shapes import ShapeProfile, ShapeSpec
     from cogvx.export.descriptors import TransformerDescriptor
-    from cogvx.export.onnx_export import export_onnx
-    from cogvx.export.profiles import ShapeProfile, ShapeSpec
+    from cogvx.export.onnx_export import export_component
     from cogvx.modeling.configs import PRESETS
     from cogvx.modeling.transformer import CogVideoXTransformer
 
@@ -195,8 +192,9 @@ def _export_2b_child(folder: Path, frames: int, height: int, width: int) -> None
     before = _reset_peak()
     profile = ShapeProfile.static(ShapeSpec(1, frames, height, width, 226))
     start = time.perf_counter()
-    path = export_onnx(TransformerDescriptor(PRESETS["cogvideox-2b"]), transformer, profile,
-                       folder / "transformer.onnx", torch.float16)
+    (graph,) = export_component(TransformerDescriptor(PRESETS["cogvideox-2b"]), transformer, profile, torch.float16,
+                                folder)
+    path = folder / graph.file_name
     seconds = time.perf_counter() - start
     sizes = {p.name: p.stat().st_size for p in folder.iterdir()}
     print(json.dumps({"params": sum(p.numel() for p in transformer.parameters()),

@@ -23,8 +23,8 @@ _EXPORTS = {
     "make_scheduler": "cogvx.runtime.schedulers",
     "write_video": "cogvx.runtime.video_io",
     "read_video": "cogvx.runtime.video_io",
-    "ShapeSpec": "cogvx.export.profiles",
-    "ShapeProfile": "cogvx.export.profiles",
+    "ShapeSpec": "cogvx.contract.shapes",
+    "ShapeProfile": "cogvx.contract.shapes",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -13,8 +13,14 @@ from pathlib import Path
 import click
 import torch
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+from cogvx.errors import CogvxError
+from cogvx.modeling.precision import FLOAT_PRECISIONS, Precision
+from cogvx.progress import BarProgress
+
+# what --dtype accepts: the short and the torch names of each precision
+DTYPE_CHOICES = sorted({name for p in FLOAT_PRECISIONS for name in (p.value, p.long_name)})
+# errors about the user's own files and folders (missing, not writable, disk full) are theirs to fix too
+USER_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError, IsADirectoryError)
 
 
 class UserError(click.ClickException):
@@ -24,6 +30,24 @@ class UserError(click.ClickException):
 
     def show(self, file=None) -> None:
         click.echo(f"error: {self.format_message()}", err=True)
+
+
+@contextmanager
+def user_errors(progress=None):
+    """A `CogvxError` (or an OSError about the user's own files: missing, not writable, disk full)
+    becomes one line `error: ...` and exit 2; anything else is a bug in cogvx and keeps its
+    traceback. A progress bar handed in is closed either way, so the line stands on its own."""
+    try:
+        yield
+    except OSError as error:
+        if not isinstance(error, USER_OS_ERRORS) and error.errno is None:
+            raise
+        raise UserError(" ".join(str(error).split())) from None
+    except CogvxError as error:
+        raise UserError(" ".join(str(error).split())) from None  # one line, whatever the message held
+    finally:
+        if progress is not None:
+            progress.close()
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -68,29 +92,54 @@ def _generate(model: str | None, prompt: str, negative_prompt: str, image: str |
               height: int | None, width: int | None, steps: int, guidance: float, dynamic_cfg: bool,
               scheduler: str, seed: int, dtype: str, device: str, out: str, backend: str = "torch",
               engines: str | None = None, judge_video: bool = False) -> None:
-    from tqdm import tqdm
-
+    from cogvx.contract.manifest import Manifest
+    from cogvx.contract.shapes import ProfileError, ShapeProfile, ShapeSpec
     from cogvx.models import resolve_model
-    from cogvx.modeling.checkpoint import CheckpointError
-    from cogvx.modeling.configs import ConfigError
-    from cogvx.runtime.pipeline import CogVideoXPipeline, PipelineInputError
+    from cogvx.modeling.model_dir import load_model_config
+    from cogvx.runtime.pipeline import (
+        CogVideoXPipeline, PipelineInputError, check_request, engines_model_config, request_size,
+    )
     from cogvx.runtime.video_io import check_output_path, write_video
 
-    try:
+    bar = BarProgress()
+    with user_errors(bar):
+        # every check that needs no weights runs first: a bad request is refused in a moment, not
+        # after the model has loaded (or the whole video has been generated)
         out_path = check_output_path(out)
+        if backend == "onnxruntime" and engines is None:
+            raise UserError("--backend onnxruntime needs --engines ENGINES (made by `cogvx export`)")
+        if backend != "onnxruntime" and engines is not None:
+            raise UserError("--engines needs --backend onnxruntime")
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu")
+        if image is not None and not Path(image).is_file():
+            raise UserError(f"--image {image}: no such file")
+        precision = Precision.parse(dtype)
+        if engines is not None:
+            manifest = Manifest.load(engines)
+            config = engines_model_config(manifest)
+            profiles = [ShapeProfile.from_dict(record.profile) for record in manifest.stages.values()]
+        else:
+            config, profiles = load_model_config(resolve_model(model or "toy")), []
+        frames, height, width = request_size(config, frames, height, width)
+        check_request(config, batch=1, num_frames=frames, height=height, width=width, steps=steps, guidance=guidance,
+                      scheduler=scheduler, image=image is not None, device=device, dtype=precision.torch_dtype,
+                      seed=seed)
+        for profile in profiles:
+            try:
+                profile.check(ShapeSpec(1, frames, height, width, config.max_text_len))
+            except ProfileError as error:
+                raise PipelineInputError(str(error)) from None
+
         started = time.perf_counter()
-        if backend == "onnxruntime":
-            if engines is None:
-                raise UserError("--backend onnxruntime needs --engines ENGINES (made by `cogvx export`)")
+        if engines is not None:
             directory = Path(engines)
             pipe = CogVideoXPipeline.from_engines(engines, resolve_model(model) if model else None, device=device)
         else:
-            if engines is not None:
-                raise UserError("--engines needs --backend onnxruntime")
             directory = resolve_model(model or "toy")
-            pipe = CogVideoXPipeline.from_pretrained(directory, dtype=DTYPES[dtype], device=device)
+            pipe = CogVideoXPipeline.from_pretrained(directory, dtype=precision.torch_dtype, device=device)
         load_seconds = time.perf_counter() - started
-        bar = tqdm(total=steps, desc="denoising", unit="step", file=sys.stderr)
+        bar.start("denoising", steps, unit="step")
 
         def advance(step: int, timestep: int, latents: torch.Tensor) -> None:
             bar.update(1)
@@ -105,9 +154,6 @@ def _generate(model: str | None, prompt: str, negative_prompt: str, image: str |
         started_writing = time.perf_counter()
         write_video(result.frames[0], out_path, fps=result.fps)
         write_seconds = time.perf_counter() - started_writing
-    except (PipelineInputError, CheckpointError, ConfigError, FileNotFoundError, FileExistsError,
-            PermissionError, ValueError) as error:  # EngineDirectoryError and ProfileError are ValueErrors
-        raise UserError(str(error)) from None
     video = result.frames[0]
     rows = [("model", f"{directory} ({pipe.config.name})"),
             ("video", f"{video.shape[0]} frames {video.shape[2]}x{video.shape[1]} @ {result.fps} fps"),
@@ -144,7 +190,7 @@ _GENERATE_OPTIONS = [
     click.option("--dynamic-cfg", is_flag=True, help="Dynamic guidance over t (as the checkpoints were tuned)."),
     click.option("--scheduler", type=click.Choice(["ddim", "dpm"]), default="ddim", show_default=True),
     click.option("--seed", type=int, default=42, show_default=True),
-    click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="float32", show_default=True,
+    click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="float32", show_default=True,
                  help="bfloat16 for the 5B and 1.5 models, float16 works for the 2B."),
     click.option("--device", default="cuda" if torch.cuda.is_available() else "cpu", show_default=True),
 ]
@@ -189,44 +235,94 @@ _PROFILE_OPTIONS = [
 @click.option("--components", default="text_encoder,transformer,vae_decoder", show_default=True,
               help="Comma-separated: text_encoder, transformer, vae_decoder, vae_encoder (I2V).")
 @_with_options(_PROFILE_OPTIONS)
-@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
-              help="Graph precision (the text encoder is always fp32).")
+@click.option("--precision", "--dtype", "dtype", type=click.Choice([p.value for p in Precision]), default="fp32",
+              show_default=True, help="Graph precision: fp32, fp16, bf16, or int8 / fp8 Q/DQ transformer graphs "
+              "from the directory's calibration (`cogvx calibrate` first). The text encoder is always fp32.")
 @click.option("--force", is_flag=True, help="Replace another model's engines in --out.")
 def export_command(model: str, out: str, components: str, profile: str | None, frames, height, width, batch,
                    text_len, dtype: str, force: bool) -> None:
     """Export a checkpoint to ONNX graphs + manifest.json (reuses stages already exported)."""
-    from tqdm import tqdm
-
-    from cogvx.engines.export_dir import export_engines, read_model_config
-    from cogvx.export.profiles import ShapeSpec, parse_profile
+    from cogvx.contract.shapes import ShapeSpec, parse_profile
+    from cogvx.engines.export_dir import export_engines
     from cogvx.models import resolve_model
-    from cogvx.modeling.configs import ConfigError
+    from cogvx.modeling.model_dir import load_model_config
 
-    try:
+    with user_errors():
         directory = resolve_model(model)
-        config = read_model_config(directory)
+        config = load_model_config(directory)
         default = ShapeSpec(1, config.num_frames, config.height, config.width, config.max_text_len)
         shape = parse_profile(profile or f"{default.frames}x{default.height}x{default.width}", default,
                               frames=frames, height=height, width=width, batch=batch, text_len=text_len)
         names = [c.strip() for c in components.split(",") if c.strip()]
-        bar = tqdm(total=len(names), desc="export", unit="component", file=sys.stderr)
+    bar = BarProgress()
 
-        def progress(component: str, state: str) -> None:
-            bar.set_postfix_str(f"{component}: {state}")
-            if state in ("reused", "done"):
-                bar.update(1)
+    def progress(component: str, state: str) -> None:
+        if state == "exporting" or state == "reused":
+            if bar.idle:  # the first report: every check on the request and the folder has passed
+                bar.start("export", len(names), unit="component")
+            bar.update(1 if state == "reused" else 0, f"{component}: {state}")
+        elif state == "done":
+            bar.update(1, f"{component}: done")
 
+    with user_errors(bar):
         started = time.perf_counter()
         with quiet_exporter():
-            results = export_engines(directory, out, names, shape, DTYPES[dtype], force, progress)
-        bar.close()
-    except (ConfigError, FileNotFoundError, ValueError) as error:  # EngineDirectoryError, ProfileError
-        raise UserError(str(error)) from None
+            results = export_engines(directory, out, names, shape, dtype, force, progress)
     rows = [("model", f"{directory} ({config.name})"), ("profile", str(shape)), ("dtype", dtype)]
     rows += [(r.component, ("reused " if r.reused else f"{r.seconds:6.1f} s  ") + ", ".join(r.files)) for r in results]
     rows += [("total", f"{time.perf_counter() - started:6.1f} s"),
              ("peak memory", f"{peak_memory_bytes(torch.device('cpu')) / 2**20:6.0f} MiB"),
              ("engines", str(Path(out) / "manifest.json"))]
+    print_table(rows)
+
+
+@main.command()
+@click.option("--model", default="toy", show_default=True, help="Checkpoint folder (diffusers layout) or 'toy'.")
+@click.option("--engines", required=True, type=click.Path(file_okay=False),
+              help="Engine directory to record the calibration in (made if new; must hold this checkpoint's engines).")
+@click.option("--precision", required=True, type=click.Choice(["int8", "fp8"]),
+              help="int8 (SmoothQuant, per-channel weights, per-tensor activations) or fp8 (e4m3).")
+@click.option("--method", type=click.Choice(["max", "percentile", "mse", "early-steps"]), default="max",
+              show_default=True, help="How the per-step activation ranges become one range per layer.")
+@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), default=None,
+              help="Text file, one prompt per line [default: the built-in toy-world prompts].")
+@click.option("--num-prompts", type=int, default=8, show_default=True)
+@click.option("--steps", type=int, default=50, show_default=True, help="DDIM steps of each calibration run.")
+@click.option("--alpha", type=float, default=0.8, show_default=True, help="SmoothQuant strength (int8; 0: off).")
+@click.option("--percentile", type=float, default=99.99, show_default=True, help="For --method percentile.")
+@click.option("--fraction", type=float, default=0.5, show_default=True,
+              help="For --method early-steps: the share of the first steps whose ranges count.")
+def calibrate(model: str, engines: str, precision: str, method: str, prompts_file: str | None, num_prompts: int,
+              steps: int, alpha: float, percentile: float, fraction: float) -> None:
+    """Record activation ranges over real denoising for int8 / fp8 engines (then `cogvx export --precision`)."""
+    from cogvx.calibration.calibrate import QuantConfig
+    from cogvx.calibration.prompts import read_prompts
+    from cogvx.engines.export_dir import calibrate_engines
+    from cogvx.models import resolve_model
+
+    bar = BarProgress()
+    with user_errors(bar):
+        config = QuantConfig(Precision.parse(precision), method=method, alpha=alpha, percentile=percentile,
+                             fraction=fraction)
+        if not 1 <= steps <= 1000:
+            raise UserError(f"--steps must be between 1 and 1000 (got {steps})")
+        prompts = read_prompts(prompts_file, num_prompts)  # fewer than asked: a warning with the number used
+        directory = resolve_model(model)
+        started = time.perf_counter()
+
+        def advance(done: int, total: int) -> None:
+            if bar.idle:
+                bar.start("calibrate", total, unit="prompt")
+            bar.update(1)
+
+        name, calibration = calibrate_engines(directory, engines, config, prompts, steps=steps, progress=advance)
+        bar.close()
+    worst = max(calibration.layers.items(), key=lambda item: item[1].amax)
+    rows = [("model", str(directory)), ("precision", precision), ("method", method),
+            ("prompts", f"{len(prompts)} x {steps} steps ({(time.perf_counter() - started) / len(prompts):.1f} s each)"),
+            ("layers", f"{len(calibration.layers)} quantized; widest range {worst[0]} (amax {worst[1].amax:.3g})"),
+            ("calibration", str(Path(engines) / name)),
+            ("next", f"cogvx export --model {model} --out {engines} --precision {precision}")]
     print_table(rows)
 
 
@@ -247,40 +343,50 @@ def validate(model: str, engines: str, prompt: str, frames, height, width, steps
     """Run the reference and the engines on the same inputs; report per stage and end to end.
 
     Exits 1 when a metric misses its threshold."""
-    from tqdm import tqdm
+    import math
 
+    from cogvx.contract.manifest import Manifest
     from cogvx.models import resolve_model
-    from cogvx.runtime.pipeline import CogVideoXPipeline, PipelineInputError
+    from cogvx.runtime.pipeline import CogVideoXPipeline, check_request, engines_model_config, request_size
     from cogvx.runtime.validate import THRESHOLDS, validate as run_validation, write_report
 
     thresholds = {}
+    names = THRESHOLDS[Precision.FP32]
     for item in overrides:
         name, _, value = item.partition("=")
-        if name not in THRESHOLDS["fp32"] or not value:
-            raise UserError(f"--threshold {item!r}: give NAME=VALUE with NAME one of {', '.join(THRESHOLDS['fp32'])}")
+        if name not in names or not value:
+            raise UserError(f"--threshold {item!r}: give NAME=VALUE with NAME one of {', '.join(names)}")
         try:
             thresholds[name] = float(value)
         except ValueError:
             raise UserError(f"--threshold {item!r}: {value!r} is not a number") from None
-    try:
-        engine_pipe = CogVideoXPipeline.from_engines(engines, resolve_model(model))
-        reference = CogVideoXPipeline.from_pretrained(resolve_model(model))
-        if reference.config.transformer != engine_pipe.config.transformer:
-            raise UserError(f"{engines} was exported from another model than {model}")
-        opt = next(s.profile.opt for s in engine_pipe.stages.values() if getattr(s, "profile", None))
-        precision = engine_pipe.stages["denoiser"].record.dtype if hasattr(engine_pipe.stages["denoiser"], "record") \
-            else "fp32"
-        bar = tqdm(total=2, desc="validate", unit="run", file=sys.stderr)
-        result = run_validation(reference, engine_pipe, prompt, frames or opt.frames, height or opt.height,
-                                width or opt.width, steps, guidance, seed, precision, thresholds,
-                                progress=lambda name: bar.update(1))
+        if not math.isfinite(thresholds[name]):
+            raise UserError(f"--threshold {item!r}: give a finite number (a NaN or infinite bar checks nothing)")
+        if name == "cosine" and not -1 <= thresholds[name] <= 1:
+            raise UserError(f"--threshold {item!r}: a cosine lies in [-1, 1]; 0.999 is a strict bar")
+    bar = BarProgress()
+    with user_errors(bar):
+        model_dir = resolve_model(model)
+        manifest = Manifest.load(engines)
+        manifest.check_source(model_dir)  # validating against another checkpoint proves nothing
+        config = engines_model_config(manifest)
+        frames, height, width = request_size(config, frames, height, width)
+        check_request(config, batch=1, num_frames=frames, height=height, width=width, steps=steps, guidance=guidance,
+                      scheduler="ddim", image=config.image_to_video, seed=seed)
+        engine_pipe = CogVideoXPipeline.from_engines(engines, model_dir)
+        reference = CogVideoXPipeline.from_pretrained(model_dir)
+        precision = engine_pipe.stages["denoiser"].precision or Precision.FP32
+        bar.start("validate", 2, unit="run")
+        result = run_validation(reference, engine_pipe, prompt, frames, height, width, steps, guidance, seed,
+                                precision, thresholds, progress=lambda name: bar.update(1),
+                                layers=_layer_report(reference, manifest, engines, precision, prompt, steps,
+                                                     guidance, seed))
         bar.close()
         files = write_report(result, report)
-    except (PipelineInputError, FileNotFoundError, ValueError) as error:
-        raise UserError(str(error)) from None
     rows = [(stage, f"cosine {m['cosine']:.7f}  SQNR {m['sqnr']:6.1f} dB  max abs {m['max_abs']:.2e}")
             for stage, m in result.stages.items()]
-    rows += [("video PSNR", f"min {min(result.frame_psnr):.1f} dB over {len(result.frame_psnr)} frames"),
+    rows += [("video PSNR", f"min {min(result.frame_psnr):.1f} dB over {len(result.frame_psnr)} frames"
+              if result.frame_psnr else "none: the engines' own generation stopped"),
              ("result", "PASSED" if result.passed else "FAILED: " + "; ".join(result.failures)),
              ("report", ", ".join(str(f) for f in files))]
     print_table(rows)
@@ -317,13 +423,11 @@ def judge(model: str, engines: str | None, pairs: int, vae_clips: int, steps: in
 
     if pairs < 1 or vae_clips < 0 or steps < 1:
         raise UserError(f"--pairs and --steps must be >= 1 and --vae-clips >= 0 (got {pairs}, {steps}, {vae_clips})")
-    try:
+    with user_errors():
         directory = resolve_model(model)
         path, psnr, result = evaluate_model(directory, report, vae_clips=vae_clips, pairs=pairs, steps=steps,
                                             guidance=guidance, engines=engines, name=str(engines or model),
-                                            progress=True)
-    except (FileNotFoundError, ValueError) as error:
-        raise UserError(str(error)) from None
+                                            progress=BarProgress())
     s = result.scores
     rows = [("model", str(engines or directory))]
     if psnr is not None:
@@ -331,6 +435,18 @@ def judge(model: str, engines: str | None, pairs: int, vae_clips: int, steps: in
     rows += [("colour", f"{s['colour']:.0%}"), ("shape", f"{s['shape']:.0%}"), ("direction", f"{s['motion']:.0%}"),
              ("all three", f"{s['all']:.0%} of {len(result.pairs)}"), ("report", str(path))]
     print_table(rows)
+
+
+def _layer_report(reference, manifest, engines: str, precision: Precision, prompt: str, steps: int, guidance: float,
+                  seed: int):
+    """For int8 / fp8 engines: a callable giving each quantized layer's SQNR (else None)."""
+    if not precision.is_quantized or manifest.calibration is None:
+        return None
+    from cogvx.calibration.artifact import Calibration
+    from cogvx.calibration.sensitivity import layer_sqnr
+
+    calibration = Calibration.load(engines, manifest.calibration)
+    return lambda: layer_sqnr(reference, calibration, prompt, steps, guidance, seed)
 
 
 @main.command()
@@ -342,7 +458,7 @@ def presets() -> None:
         t = preset.transformer
         click.echo(f"{name:<22} {t.num_layers:>2} layers  {t.num_attention_heads}x{t.attention_head_dim}  "
                    f"{t.positions:<12} {preset.num_frames}x{preset.height}x{preset.width} @ {preset.fps} fps  "
-                   f"{'I2V' if preset.image_to_video else 'T2V'}  {preset.recommended_dtype}")
+                   f"{'I2V' if preset.image_to_video else 'T2V'}  {preset.recommended_precision}")
 
 
 def _register_train() -> None:

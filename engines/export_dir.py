@@ -9,32 +9,35 @@ nothing that looks finished but is not.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import shutil
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 import torch
 
-from cogvx.export.descriptors import (
-    TextEncoderDescriptor, TransformerDescriptor, VAEDecoderDescriptor, VAEEncoderDescriptor, first_chunk_sizes,
+from cogvx.contract.components import COMPONENTS
+from cogvx.contract.manifest import (
+    MANIFEST, EngineDirectoryError, Manifest, StageRecord, content_key, file_sha256, folder_fingerprint,
+    UnsafeManifestError, resolve_inside,
 )
-from cogvx.export.graph_check import check_graph
-from cogvx.export.onnx_export import OPSET, export_decoder_chunk, export_onnx
-from cogvx.export.profiles import ShapeProfile
+from cogvx.contract.shapes import ShapeProfile
+from cogvx.export.descriptors import descriptor_for
+from cogvx.export.onnx_export import OPSET, export_component
 from cogvx.modeling.checkpoint import staged_directory
-from cogvx.modeling.configs import ModelConfig, SchedulerConfig, TextEncoderConfig, TransformerConfig, VAEConfig
-
-from .manifest import (
-    COMPONENTS, MANIFEST, SOURCE_FOLDERS, EngineDirectoryError, Manifest, StageRecord, content_key, file_sha256,
-    folder_fingerprint,
-)
+from cogvx.modeling.configs import ModelConfig
+from cogvx.modeling.model_dir import load_model_config
+from cogvx.modeling.precision import Precision
 
 logger = logging.getLogger(__name__)
 
-DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+CHECKPOINT_FOLDERS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
 @dataclass
@@ -45,38 +48,16 @@ class ExportResult:
     seconds: float
 
 
-def read_model_config(model_dir: Path) -> ModelConfig:
-    """The checkpoint's configs, without loading weights."""
-    from cogvx.runtime.pipeline import model_config_for
-
-    for folder in ("transformer", "vae", "scheduler"):
-        if not (model_dir / folder).is_dir():
-            raise EngineDirectoryError(f"{model_dir} has no {folder}/: not a CogVideoX checkpoint in the diffusers layout")
-    transformer = TransformerConfig.from_file(model_dir / "transformer" / "config.json")
-    vae = VAEConfig.from_file(model_dir / "vae" / "config.json")
-    scheduler = SchedulerConfig.from_file(model_dir / "scheduler" / "scheduler_config.json")
-    text = None
-    if (model_dir / "text_encoder" / "config.json").is_file():
-        import dataclasses
-        import json
-
-        # a transformers config.json: keep the keys that shape the encoder
-        data = json.loads((model_dir / "text_encoder" / "config.json").read_text())
-        text = TextEncoderConfig(**{f.name: data[f.name] for f in dataclasses.fields(TextEncoderConfig) if f.name in data})
-    return model_config_for(transformer, vae, scheduler, text)
-
-
 def check_components(model_dir: Path, components: list[str]) -> None:
     unknown = [c for c in components if c not in COMPONENTS]
     if unknown:
         raise EngineDirectoryError(f"unknown components {unknown}; choose from {', '.join(COMPONENTS)}")
-    for component in components:
-        folder = model_dir / SOURCE_FOLDERS[component]
-        if not folder.is_dir():
-            raise EngineDirectoryError(f"{model_dir} has no {SOURCE_FOLDERS[component]}/ folder, so it cannot "
-                                       f"export {component}; drop it from --components")
-    if "text_encoder" in components and not (model_dir / "tokenizer").is_dir():
-        raise EngineDirectoryError(f"{model_dir} has no tokenizer/ folder; the text_encoder engine needs it")
+    for name in components:
+        component = COMPONENTS[name]
+        for folder in (component.source_folder, *component.extra_folders):
+            if not (model_dir / folder).is_dir():
+                raise EngineDirectoryError(f"{model_dir} has no {folder}/ folder, so it cannot export {name}; "
+                                           "drop it from --components")
 
 
 def _open_directory(out: Path, model_dir: Path, model: ModelConfig, sources: dict[str, str], force: bool) -> Manifest:
@@ -93,9 +74,13 @@ def _open_directory(out: Path, model_dir: Path, model: ModelConfig, sources: dic
         return fresh
     try:
         existing = Manifest.load(out)
-    except EngineDirectoryError:
+    except UnsafeManifestError:
+        raise  # even with --force: a manifest pointing outside its folder was planted, not damaged
+    except EngineDirectoryError as error:
         if not force:
             raise
+        # a manifest that does not check out proves nothing about the files it lists: delete none
+        logger.warning("replacing an unusable manifest without deleting what it lists: %s", error)
         return fresh
     clash = [folder for folder, print_ in sources.items() if existing.sources.get(folder, print_) != print_]
     if existing.configs.get("transformer") != fresh.configs["transformer"] or clash:
@@ -106,7 +91,7 @@ def _open_directory(out: Path, model_dir: Path, model: ModelConfig, sources: dic
                 "choose another --out or pass --force to replace them")
         for record in existing.stages.values():
             for file_name in record.files:
-                (out / file_name).unlink(missing_ok=True)
+                resolve_inside(out, file_name).unlink(missing_ok=True)
         return fresh
     existing.sources |= sources
     existing.tools, existing.source_path = fresh.tools, fresh.source_path
@@ -131,105 +116,139 @@ def _reusable(manifest: Manifest, out: Path, component: str, key: str) -> bool:
 
 
 def export_engines(model_dir: str | Path, out: str | Path, components: list[str], profile: ShapeProfile,
-                   dtype: torch.dtype = torch.float32, force: bool = False,
+                   precision: Precision | str | torch.dtype = Precision.FP32, force: bool = False,
                    progress: Callable[[str, str], None] | None = None) -> list[ExportResult]:
-    """Export `components` of the checkpoint at `model_dir` into the engine directory `out`."""
-    import time
+    """Export `components` of the checkpoint at `model_dir` into the engine directory `out`.
 
+    `progress(component, state)` is told "exporting", "done" or "reused" for each component."""
     model_dir, out = Path(model_dir), Path(out)
-    if not model_dir.is_dir():
-        raise EngineDirectoryError(f"checkpoint folder {model_dir} does not exist")
-    if dtype not in DTYPE_NAMES:
-        raise EngineDirectoryError(f"dtype {dtype} cannot be exported; use fp32, fp16 or bf16")
+    precision = Precision.parse(precision)
+    model = load_model_config(model_dir)
     check_components(model_dir, components)
-    model = read_model_config(model_dir)
     profile.validate_for(model)
-    # vae_decoder and vae_encoder share vae/: hash each source folder once
-    sources = {folder: folder_fingerprint(model_dir / folder) for folder in {SOURCE_FOLDERS[c] for c in components}}
-    manifest = _open_directory(out, model_dir, model, sources, force)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest.save(out)  # from here on the folder is recognisably an engine directory of this model
-    if "text_encoder" in components:
-        _copy_tokenizer(model_dir / "tokenizer", out / "tokenizer")
+    # Every folder of the checkpoint, not only the exported ones: a directory belongs to one
+    # checkpoint, and a later export (or a --model beside --engines) from another is caught.
+    sources = {folder: folder_fingerprint(model_dir / folder) for folder in CHECKPOINT_FOLDERS
+               if (model_dir / folder).is_dir()}
+    with _one_export_at_a_time(out):
+        manifest = _open_directory(out, model_dir, model, sources, force)
+        if precision.is_quantized:
+            check_calibration(manifest, out, precision)
+        manifest.save(out)  # from here on the folder is recognisably an engine directory of this model
+        return _export_stages(model_dir, out, model, components, profile, precision, sources, manifest, progress)
 
+
+def check_calibration(manifest: Manifest, out: Path, precision: Precision) -> None:
+    """An int8 / fp8 export needs the directory's calibration, made for that precision."""
+    from cogvx.calibration.artifact import Calibration
+
+    if manifest.calibration is None:
+        raise EngineDirectoryError(f"{out} has no calibration; run `cogvx calibrate --engines {out} --precision "
+                                   f"{precision.value}` first (it records activation ranges over real denoising)")
+    calibration = Calibration.load(out, manifest.calibration)
+    if calibration.precision != precision.value:
+        raise EngineDirectoryError(f"{out}'s calibration is for {calibration.precision}, not {precision.value}; run "
+                                   f"`cogvx calibrate --precision {precision.value}` again")
+
+
+@contextmanager
+def _one_export_at_a_time(out: Path) -> Iterator[None]:
+    """An exclusive lock on the directory itself (no lock file to leave behind): a second export into
+    it waits, then extends the manifest the first one wrote instead of overwriting it."""
+    out.mkdir(parents=True, exist_ok=True)
+    handle = os.open(out, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.warning("another export is writing into %s; waiting for it to finish", out)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)  # releases the lock
+
+
+def _export_stages(model_dir: Path, out: Path, model: ModelConfig, components: list[str], profile: ShapeProfile,
+                   precision: Precision, sources: dict[str, str], manifest: Manifest,
+                   progress: Callable[[str, str], None] | None) -> list[ExportResult]:
     results = []
-    for component in components:
-        # T5 overflows in fp16: the text encoder is always exported in fp32
-        stage_dtype = torch.float32 if component == "text_encoder" else dtype
-        key = content_key(component=component, source=sources[SOURCE_FOLDERS[component]], profile=profile.to_dict(),
-                          dtype=DTYPE_NAMES[stage_dtype], opset=OPSET, tools=manifest.tools, format=manifest.format)
+    for name in components:
+        component = COMPONENTS[name]
+        for folder in component.extra_folders:  # e.g. the tokenizer: the directory runs without the checkpoint
+            _copy_folder(model_dir / folder, out / folder)
+        extra_files = {path.relative_to(out).as_posix(): file_sha256(path) for folder in component.extra_folders
+                       for path in sorted((out / folder).rglob("*")) if path.is_file()}
+        stage_precision = component.precision_for(precision)
+        calibration = manifest.calibration if stage_precision.is_quantized else None
+        key = content_key(component=name, source=[sources[f] for f in (component.source_folder,
+                                                                           *component.extra_folders)],
+                          profile=profile.to_dict(), dtype=stage_precision.value, opset=OPSET, tools=manifest.tools,
+                          format=manifest.format, calibration=calibration)
         started = time.perf_counter()
-        if _reusable(manifest, out, component, key):
-            record = manifest.stages[component]
-            results.append(ExportResult(component, True, list(record.files), 0.0))
+        if _reusable(manifest, out, name, key):
+            results.append(ExportResult(name, True, list(manifest.stages[name].files), 0.0))
             if progress:
-                progress(component, "reused")
+                progress(name, "reused")
             continue
         if progress:
-            progress(component, "exporting")
-        record = _export_component(component, model_dir, model, out, profile, stage_dtype)
+            progress(name, "exporting")
+        record = _export_component(name, model_dir, model, out, profile, stage_precision, calibration)
         record.key = key
-        manifest.stages[component] = record
+        record.files |= extra_files
+        manifest.stages[name] = record
         manifest.save(out)
-        results.append(ExportResult(component, False, list(record.files), time.perf_counter() - started))
+        results.append(ExportResult(name, False, list(record.files), time.perf_counter() - started))
         if progress:
-            progress(component, "done")
+            progress(name, "done")
     return results
 
 
-def _export_component(component: str, model_dir: Path, model: ModelConfig, out: Path, profile: ShapeProfile,
-                      dtype: torch.dtype) -> StageRecord:
-    graphs: dict[str, str] = {}
-    inputs: dict[str, list[str]] = {}
-    outputs: dict[str, list[str]] = {}
+def _export_component(name: str, model_dir: Path, model: ModelConfig, out: Path, profile: ShapeProfile,
+                      precision: Precision, calibration: str | None = None) -> StageRecord:
+    descriptor = descriptor_for(name, model)
+    module = descriptor.load(model_dir, precision.torch_dtype)
+    if precision.is_quantized:
+        from cogvx.calibration.artifact import Calibration
+        from cogvx.calibration.qdq import register_translations
+        from cogvx.calibration.quantize import quantize
 
-    def record(role: str, file_name: str, descriptor) -> None:
-        check_graph(onnx.load(out / file_name, load_external_data=False)).raise_if_any(file_name)
-        graphs[role] = file_name
-        inputs[role], outputs[role] = list(descriptor.input_names), list(descriptor.output_names)
-
-    if component == "transformer":
-        from cogvx.modeling.transformer import CogVideoXTransformer
-
-        module = CogVideoXTransformer.from_pretrained(model_dir / "transformer", dtype)
-        descriptor = TransformerDescriptor(model)
-        export_onnx(descriptor, module, profile, out / "transformer.onnx", dtype)
-        record("main", "transformer.onnx", descriptor)
-    elif component == "text_encoder":
-        from transformers import T5EncoderModel
-
-        module = T5EncoderModel.from_pretrained(model_dir / "text_encoder", dtype=torch.float32).eval()
-        descriptor = TextEncoderDescriptor(model)
-        export_onnx(descriptor, module, profile, out / "text_encoder.onnx")
-        record("main", "text_encoder.onnx", descriptor)
-    else:
-        from cogvx.modeling.vae import CogVideoXVAE
-
-        vae = CogVideoXVAE.from_pretrained(model_dir / "vae", dtype)
-        if component == "vae_encoder":
-            descriptor = VAEEncoderDescriptor(model)
-            export_onnx(descriptor, vae, profile, out / "vae_encoder.onnx", dtype)
-            record("main", "vae_encoder.onnx", descriptor)
-        else:
-            for size in first_chunk_sizes(profile, model.vae.temporal_compression):
-                descriptor = VAEDecoderDescriptor(model, first=True, chunk_frames=size)
-                export_decoder_chunk(descriptor, vae, profile, out / f"{descriptor.component}.onnx", dtype)
-                record(f"first_{size}", f"{descriptor.component}.onnx", descriptor)
-            if profile.max.latent_frames(model.vae.temporal_compression) > 3:  # more than the first chunk
-                descriptor = VAEDecoderDescriptor(model, first=False, chunk_frames=2)
-                export_decoder_chunk(descriptor, vae, profile, out / "vae_decoder_next.onnx", dtype)
-                record("next", "vae_decoder_next.onnx", descriptor)
+        register_translations()
+        module = quantize(module, Calibration.load(out, calibration))
+    graphs = export_component(descriptor, module, profile, precision.torch_dtype, out)
     files = {}
-    for file_name in graphs.values():
-        files[file_name] = file_sha256(out / file_name)
-        data = out / f"{file_name}.data"
+    for graph in graphs:
+        files[graph.file_name] = file_sha256(out / graph.file_name)
+        data = out / f"{graph.file_name}.data"
         if data.is_file():
             files[data.name] = file_sha256(data)
-    return StageRecord(component=component, key="", dtype=DTYPE_NAMES[dtype], profile=profile.to_dict(),
-                       files=files, graphs=graphs, inputs=inputs, outputs=outputs)
+    return StageRecord(component=name, key="", dtype=precision.value, profile=profile.to_dict(), files=files,
+                       graphs={g.role: g.file_name for g in graphs}, inputs={g.role: g.input_names for g in graphs},
+                       outputs={g.role: g.output_names for g in graphs})
 
 
-def _copy_tokenizer(source: Path, target: Path) -> None:
-    """Copied whole: the engine directory runs without the checkpoint."""
+def _copy_folder(source: Path, target: Path) -> None:
+    """Copied whole, written to a staging name and renamed."""
     with staged_directory(target) as staging:
         shutil.copytree(source, staging, dirs_exist_ok=True)
+
+
+def calibrate_engines(model_dir: str | Path, out: str | Path, config, prompts: list[str], steps: int = 50,
+                      guidance: float = 6.0, seed: int = 0,
+                      progress: Callable[[int, int], None] | None = None) -> tuple[str, object]:
+    """Calibrate the checkpoint's transformer over real denoising and record the result in the engine
+    directory `out` (made if new; refused if it holds another checkpoint's engines). Returns the
+    calibration's file name and the calibration; `cogvx export --precision int8|fp8` then uses it."""
+    from cogvx.calibration.calibrate import calibrate
+    from cogvx.runtime.pipeline import CogVideoXPipeline
+
+    model_dir, out = Path(model_dir), Path(out)
+    model = load_model_config(model_dir)
+    sources = {folder: folder_fingerprint(model_dir / folder) for folder in CHECKPOINT_FOLDERS
+               if (model_dir / folder).is_dir()}
+    with _one_export_at_a_time(out):
+        manifest = _open_directory(out, model_dir, model, sources, force=False)
+        pipe = CogVideoXPipeline.from_pretrained(model_dir)  # the fp32 reference is what is calibrated
+        calibration = calibrate(pipe, prompts, config, steps=steps, guidance=guidance, seed=seed, progress=progress)
+        manifest.calibration = calibration.save(out)
+        manifest.save(out)
+    return manifest.calibration, calibration

@@ -116,8 +116,23 @@ def function_proto(opset: int = 20) -> onnx.FunctionProto:
     )
 
 
+def _calls_op(graph: onnx.GraphProto) -> bool:
+    """Whether a node of the graph, or of a subgraph in it, is a `cogvx::RoPEAttention3D`."""
+    for node in graph.node:
+        if node.domain == DOMAIN and node.op_type == OP_TYPE:
+            return True
+        for attribute in node.attribute:  # If / Loop / Scan bodies
+            subgraphs = [attribute.g] if attribute.HasField("g") else []
+            if any(_calls_op(subgraph) for subgraph in [*subgraphs, *attribute.graphs]):
+                return True
+    return False
+
+
 def attach_function(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Append the local function (once) and the domain import, after export."""
+    """Append the local function (once) and the domain import, after export, where a node calls the
+    op: a graph without attention (the VAE, T5) carries neither."""
+    if not _calls_op(model.graph):
+        return model
     if not any(f.domain == DOMAIN and f.name == OP_TYPE for f in model.functions):
         opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
         model.functions.append(function_proto(opset))

@@ -1,29 +1,105 @@
-"""One export descriptor per component (STYLE.md 6): names, sample inputs, dynamic axes, shapes.
+"""One export descriptor per component: how its checkpoint folder becomes graphs.
 
-A descriptor wraps a reference module without editing it (STYLE.md 5) and reads every shape from
-a `ShapeSpec` / `ShapeProfile`, so export, runtime buffers and TensorRT profiles agree.
+Every descriptor has the same two methods, and one export loop (export/onnx_export.py
+`export_component`) runs them all:
 
-Position tables enter the transformer graph as (T, H', W', Dh) (RoPE) or (T, H', W', D) (2B
+- `load(model_dir, dtype)`: the reference module from the component's source folder;
+- `graphs(module, profile, dtype)`: the graphs the profile needs, each a `Graph`: its role, file
+  name, the wrapper module to trace, sample inputs at the profile's opt shape, dynamic shapes for
+  torch.export, input and output names.
+
+A descriptor wraps a reference module without editing it and reads every shape from a
+`ShapeSpec` / `ShapeProfile`, so export, runtime buffers and TensorRT profiles agree. What the
+runtime must know about the graphs (roles, grid inputs, cache prefixes) is the component's row in
+contract/components.py; nothing here restates it.
+
+Position tables enter the transformer graph as (T', H', W', Dh) (RoPE) or (T', H', W', D) (2B
 sincos) so that every dynamic dimension is a linear function of the others; the graph flattens
 them to (V, Dh). The 2B has no RoPE: its attention nodes get cos = 1, sin = 0 (exact identity),
 made inside the graph, so every model exports the same `cogvx::RoPEAttention3D` node.
 
 The denoiser batch is the CFG batch: a profile for `batch` videos covers batch (no guidance)
 to 2 x batch (guidance) rows.
+
+Adding a component: a row in contract/components.py and a class here decorated `@describes(name)`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
 from torch.export import Dim
 
+from cogvx.contract.components import COMPONENTS, MAIN, NEXT, Component, position_grid
+from cogvx.contract.shapes import ShapeProfile, ShapeSpec
 from cogvx.modeling.configs import ModelConfig
 from cogvx.modeling.positions import PositionTables, position_tables
 
-from .profiles import ShapeProfile, ShapeSpec
+
+@dataclass
+class Graph:
+    """One graph of a component, ready to trace."""
+
+    role: str  # how the runtime picks it (contract/components.py)
+    file_name: str
+    module: nn.Module  # the export wrapper around the reference module
+    args: tuple = ()
+    kwargs: dict[str, torch.Tensor] = field(default_factory=dict)
+    dynamic_shapes: Any = None  # torch.export's, matching args / kwargs; None: static
+    input_names: list[str] = field(default_factory=list)
+    output_names: list[str] = field(default_factory=list)
+
+
+class Descriptor(Protocol):
+    component: ClassVar[Component]
+    model: ModelConfig
+
+    def load(self, model_dir: Path, dtype: torch.dtype) -> nn.Module: ...
+
+    def graphs(self, module: nn.Module, profile: ShapeProfile, dtype: torch.dtype) -> list[Graph]: ...
+
+
+DESCRIPTORS: dict[str, type] = {}
+
+
+def describes(component: str):
+    """Register a descriptor class for a component of the table."""
+    def register(cls):
+        cls.component = COMPONENTS[component]
+        DESCRIPTORS[component] = cls
+        return cls
+    return register
+
+
+def descriptor_for(component: str, model: ModelConfig) -> Descriptor:
+    return DESCRIPTORS[component](model)
+
+
+class SingleGraph:
+    """A component exported as one graph (role `main`): `wrap`, `sample_inputs` and `dynamic_shapes`
+    say how."""
+
+    component: ClassVar[Component]
+    model: ModelConfig
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self.component.inputs)
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self.component.outputs)
+
+    def graphs(self, module: nn.Module, profile: ShapeProfile, dtype: torch.dtype) -> list[Graph]:
+        inputs = self.sample_inputs(profile.opt, dtype)
+        return [Graph(MAIN, f"{self.component.name}.onnx", self.wrap(module),
+                      kwargs={name: inputs[name] for name in self.input_names},
+                      dynamic_shapes=self.dynamic_shapes(profile), input_names=self.input_names,
+                      output_names=self.output_names)]
 
 
 class TransformerForExport(nn.Module):
@@ -44,21 +120,24 @@ class TransformerForExport(nn.Module):
         return self.transformer(latents, text_embeddings, timestep, ofs=ofs, positions=positions)
 
 
+@describes("transformer")
 @dataclass
-class TransformerDescriptor:
+class TransformerDescriptor(SingleGraph):
     """The `denoiser` stage: latents, text, timestep, [ofs], position tables -> velocity."""
 
     model: ModelConfig
-    component: str = "transformer"
+
+    def load(self, model_dir: Path, dtype: torch.dtype) -> nn.Module:
+        from cogvx.modeling.transformer import CogVideoXTransformer
+
+        return CogVideoXTransformer.from_pretrained(Path(model_dir) / self.component.source_folder, dtype)
 
     @property
     def input_names(self) -> list[str]:
-        names = ["latents", "text_embeddings", "timestep"]
-        names += ["ofs"] if self.model.transformer.ofs_embed_dim else []
-        names += ["sincos"] if self.model.transformer.positions == "sincos" else ["rope_cos", "rope_sin"]
-        return names
-
-    output_names = ["velocity"]
+        t = self.model.transformer
+        rope = t.positions != "sincos"
+        present = {"ofs": bool(t.ofs_embed_dim), "sincos": not rope, "rope_cos": rope, "rope_sin": rope}
+        return [name for name in self.component.inputs if present.get(name, True)]
 
     def wrap(self, transformer: nn.Module) -> nn.Module:
         return TransformerForExport(transformer).eval()
@@ -73,7 +152,7 @@ class TransformerDescriptor:
         """The tables for a shape, 4-D as the graph takes them."""
         t = self.model.transformer
         _, frames, _, h, w = self.latent_shape(spec, 1)
-        grid = (frames // (t.patch_size_t or 1), h // t.patch_size, w // t.patch_size, -1)
+        grid = position_grid(frames, h, w, t.patch_size, t.patch_size_t)
         tables = position_tables(t, frames, h, w, device)
         if t.positions == "sincos":
             return {"sincos": tables.sincos.reshape(grid)}
@@ -103,7 +182,7 @@ class TransformerDescriptor:
         batch = Dim("batch", min=profile.min.batch, max=2 * profile.max.batch)  # without / with CFG
         for name in ("latents", "text_embeddings", "timestep") + (("ofs",) if t.ofs_embed_dim else ()):
             dims[name][0] = batch
-        tables = [n for n in self.input_names if n in ("sincos", "rope_cos", "rope_sin")]
+        tables = [n for n in self.input_names if n in self.component.grid_inputs]
         for axis, (lo, hi), step, name in ((1, (low[1], high[1]), p_t, "grid_t"), (3, (low[3], high[3]), p, "grid_h"),
                                            (4, (low[4], high[4]), p, "grid_w")):
             if lo == hi:
@@ -150,61 +229,63 @@ class DecoderChunkForExport(nn.Module):
         return (frames, *(new_state[name] for name in self.cache_names))
 
 
+def load_vae(model_dir: Path, folder: str, dtype: torch.dtype) -> nn.Module:
+    from cogvx.modeling.vae import CogVideoXVAE
+
+    return CogVideoXVAE.from_pretrained(Path(model_dir) / folder, dtype)
+
+
+@describes("vae_decoder")
 @dataclass
 class VAEDecoderDescriptor:
-    """`vae_decoder_first` (no cache in, replicate padding) or `vae_decoder_next` (cache in) for chunks of
-    `chunk_frames` latent frames. The first chunk of F latent frames has 2 + F % 2 frames (1 when F = 1),
-    the next ones 2, so a profile needs one first-chunk graph per parity it covers."""
+    """The streaming `vae_decoder`: first-chunk graphs (no cache in, replicate padding) and one
+    next-chunk graph (cache in), every causal-conv cache an explicit input / output.
+
+    The first chunk of F latent frames has 2 + F % 2 frames (1 when F = 1), the next ones 2, so a
+    profile needs one first-chunk graph per length it covers, and a next-chunk graph when it
+    reaches past 3 latent frames."""
 
     model: ModelConfig
-    first: bool
-    chunk_frames: int
-    cache_names: list[str] | None = None  # filled by sample_inputs from a real first chunk
 
-    @property
-    def component(self) -> str:
-        return f"vae_decoder_first_{self.chunk_frames}" if self.first else "vae_decoder_next"
+    def load(self, model_dir: Path, dtype: torch.dtype) -> nn.Module:
+        return load_vae(model_dir, self.component.source_folder, dtype)
 
-    def wrap(self, vae: nn.Module) -> nn.Module:
-        if self.cache_names is None:
-            raise RuntimeError("call sample_inputs() first: the cache layout comes from a real chunk")
-        return DecoderChunkForExport(vae, self.cache_names).eval()
-
-    @property
-    def input_names(self) -> list[str]:
-        return ["latents"] + ([] if self.first else [f"conv_cache.{n}" for n in self.cache_names])
-
-    @property
-    def output_names(self) -> list[str]:
-        return ["frames"] + [f"conv_cache_out.{n}" for n in self.cache_names]
-
-    def sample_inputs(self, vae: nn.Module, spec: ShapeSpec, dtype=torch.float32, seed: int = 0) -> dict:
+    def graphs(self, vae: nn.Module, profile: ShapeProfile, dtype: torch.dtype) -> list[Graph]:
+        cache = self.component.cache
         vae_config = self.model.vae
+        spec = profile.opt
         h, w = spec.height // vae_config.spatial_compression, spec.width // vae_config.spatial_compression
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(0)
         first = torch.randn(spec.batch, vae_config.latent_channels, 2, h, w, generator=generator).to(dtype)
         with torch.no_grad():
-            _, cache = vae.decode_chunk(first, None)
-        self.cache_names = list(cache)
-        latents = torch.randn(spec.batch, vae_config.latent_channels, self.chunk_frames, h, w, generator=generator)
-        inputs = {"latents": latents.to(dtype)}
-        if not self.first:
-            inputs |= {f"conv_cache.{name}": tensor for name, tensor in cache.items()}
-        return inputs
+            _, state = vae.decode_chunk(first, None)  # the cache layout, from a real chunk
+        names = list(state)
+        outputs = list(self.component.outputs) + [cache.output_prefix + n for n in names]
+        lengths = [(cache.first_role(size), size) for size in first_chunk_sizes(profile, vae_config.temporal_compression)]
+        if profile.max.latent_frames(vae_config.temporal_compression) > 3:  # more than the first chunk
+            lengths.append((NEXT, 2))
+        graphs = []
+        for role, frames in lengths:
+            latents = torch.randn(spec.batch, vae_config.latent_channels, frames, h, w, generator=generator).to(dtype)
+            cached = [state[n] for n in names] if role == NEXT else []
+            inputs = [cache.chunk_input] + ([cache.input_prefix + n for n in names] if role == NEXT else [])
+            graphs.append(Graph(role, f"{self.component.name}_{role}.onnx", DecoderChunkForExport(vae, names).eval(),
+                                args=(latents, *cached), dynamic_shapes=self.dynamic_shapes(profile, latents, cached),
+                                input_names=inputs, output_names=outputs))
+        return graphs
 
-    def dynamic_shapes(self, profile: ShapeProfile, inputs: dict) -> tuple | None:
+    def dynamic_shapes(self, profile: ShapeProfile, latents: torch.Tensor, cache: list[torch.Tensor]) -> tuple | None:
         """(latents axes, cache axes...) for torch.export: batch and latent height / width; each cache
         entry's spatial size is a fixed multiple of the latent's."""
         if profile.is_static:
             return None
-        latents = inputs["latents"]
         axes = latent_axes(profile, self.model.vae.spatial_compression)
         cache_axes = []
-        for name in self.input_names[1:]:
+        for tensor in cache:
             entry = {0: axes[0]} if 0 in axes else {}
             for axis in (3, 4):
                 if axis in axes:
-                    factor = inputs[name].shape[axis] // latents.shape[axis]
+                    factor = tensor.shape[axis] // latents.shape[axis]
                     entry[axis] = axes[axis] * factor if factor > 1 else axes[axis]
             cache_axes.append(entry)
         return (axes, tuple(cache_axes)) if cache_axes else (axes,)
@@ -242,15 +323,19 @@ class T5EncoderForExport(nn.Module):
         return encoder.final_layer_norm(x)
 
 
+@describes("text_encoder")
 @dataclass
-class TextEncoderDescriptor:
+class TextEncoderDescriptor(SingleGraph):
     """The `text_encoder` stage: input_ids (B, L) -> text_embeddings (B, L, Dt), always fp32 (T5
     overflows in fp16). B covers the CFG batch (prompts and negative prompts)."""
 
     model: ModelConfig
-    component: str = "text_encoder"
-    input_names = ["input_ids"]
-    output_names = ["text_embeddings"]
+
+    def load(self, model_dir: Path, dtype: torch.dtype) -> nn.Module:
+        from transformers import T5EncoderModel
+
+        return T5EncoderModel.from_pretrained(Path(model_dir) / self.component.source_folder,
+                                              dtype=self.component.precision.torch_dtype).eval()
 
     def wrap(self, text_model: nn.Module) -> nn.Module:
         return T5EncoderForExport(text_model).eval()
@@ -280,16 +365,17 @@ class VAEEncoderForExport(nn.Module):
         return posterior.mean, posterior.logvar
 
 
+@describes("vae_encoder")
 @dataclass
-class VAEEncoderDescriptor:
+class VAEEncoderDescriptor(SingleGraph):
     """The `vae_encoder` stage for image-to-video: video (B, 3, 1, H, W) -> latent_mean, latent_logvar
     (B, C, 1, h, w). One frame (the conditioning image); dynamic batch, height and width."""
 
     model: ModelConfig
-    component: str = "vae_encoder"
     frames: int = 1
-    input_names = ["video"]
-    output_names = ["latent_mean", "latent_logvar"]
+
+    def load(self, model_dir: Path, dtype: torch.dtype) -> nn.Module:
+        return load_vae(model_dir, self.component.source_folder, dtype)
 
     def wrap(self, vae: nn.Module) -> nn.Module:
         return VAEEncoderForExport(vae).eval()

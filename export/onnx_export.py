@@ -1,4 +1,11 @@
-"""torch -> ONNX for one component: dynamo export, the attention function attached, checked, atomic.
+"""torch -> ONNX: the one export loop over a descriptor's graphs.
+
+Each graph is traced with the dynamo exporter (opset OPSET), gets the attention function where a
+node calls it (or, with `attention="standard"`, has each attention node rewritten in standard
+opset-23 ops: export/standard_attention.py), goes through the graph passes
+(export/graph_passes.py: no machine-specific metadata, fp32 normalization statistics in 16-bit
+graphs), is checked by onnx and against TensorRT's ONNX support matrix (export/graph_check.py),
+and is written atomically.
 
 Graphs over 2 GB keep their weights in one external data file next to the .onnx (`X.onnx.data`).
 Files are written under temporary names and renamed only when complete, so an interrupted export
@@ -18,57 +25,62 @@ import torch
 from cogvx.modeling import attention as _registers_the_op  # noqa: F401  (torch.ops.cogvx.rope_attention)
 from cogvx.modeling.checkpoint import atomic_write
 
-from . import attention_op
-from .profiles import ShapeProfile
+from cogvx.contract.shapes import ShapeProfile
+
+from . import attention_op, graph_passes, standard_attention
+from .descriptors import Descriptor, Graph
+from .graph_check import check_graph
 
 logger = logging.getLogger(__name__)
 
 OPSET = 20
+# torch custom op -> its ONNX translation, for rooms above export (calibration's Q/DQ ops) to add to
+TRANSLATIONS: dict = {}
+
 # protobuf's 2 GiB cap, less room for the graph itself: more weights than this go to external data
 EXTERNAL_DATA_BYTES = 2**31 - 2**27
 
 
-def export_onnx(descriptor, module: torch.nn.Module, profile: ShapeProfile, path: str | Path,
-                dtype: torch.dtype = torch.float32) -> Path:
-    """Export a component (its module already in `dtype`) as its descriptor says, traced at the profile's opt shape."""
-    inputs = descriptor.sample_inputs(profile.opt, dtype)
-    kwargs = {name: inputs[name] for name in descriptor.input_names}
-    return _export(descriptor.wrap(module), (), kwargs, descriptor.dynamic_shapes(profile), descriptor, Path(path))
+def export_component(descriptor: Descriptor, module: torch.nn.Module, profile: ShapeProfile, dtype: torch.dtype,
+                     out: Path, attention: str = standard_attention.PLUGIN) -> list[Graph]:
+    """Every graph the profile needs of one component (its module already in `dtype`), into `out`,
+    each checked against TensorRT's ONNX support before it counts as exported. `attention`: "plugin"
+    (one cogvx::RoPEAttention3D node per attention) or "standard" (RotaryEmbedding + Attention)."""
+    graphs = descriptor.graphs(module, profile, dtype)
+    for graph in graphs:
+        path = export_graph(graph, Path(out) / graph.file_name, attention)
+        check_graph(onnx.load(path, load_external_data=False)).raise_if_any(graph.file_name)
+    return graphs
 
 
-def export_decoder_chunk(descriptor, vae: torch.nn.Module, profile: ShapeProfile, path: str | Path,
-                         dtype: torch.dtype = torch.float32) -> Path:
-    """Export one VAE decoder step (first or next chunk), every conv cache an explicit input / output."""
-    inputs = descriptor.sample_inputs(vae, profile.opt, dtype)
-    args = tuple(inputs[name] for name in descriptor.input_names)
-    dynamic = descriptor.dynamic_shapes(profile, inputs)
-    return _export(descriptor.wrap(vae), args, None, dynamic, descriptor, Path(path))
-
-
-def _export(wrapper, args, kwargs, dynamic, descriptor, path: Path) -> Path:
+def export_graph(graph: Graph, path: str | Path, attention: str = standard_attention.PLUGIN) -> Path:
+    """Trace one graph (dynamo, opset OPSET) and write it atomically."""
     program = torch.onnx.export(
-        wrapper, args, kwargs=kwargs, dynamo=True, opset_version=OPSET, verbose=False,
-        input_names=list(descriptor.input_names), output_names=list(descriptor.output_names),
-        dynamic_shapes=dynamic,
-        custom_translation_table={torch.ops.cogvx.rope_attention.default: attention_op.translation()},
+        graph.module, graph.args, kwargs=graph.kwargs or None, dynamo=True, opset_version=OPSET, verbose=False,
+        input_names=list(graph.input_names), output_names=list(graph.output_names),
+        dynamic_shapes=graph.dynamic_shapes,
+        custom_translation_table={torch.ops.cogvx.rope_attention.default: attention_op.translation(),
+                                  **TRANSLATIONS},
     )
-    save_program(program.model, path)
-    return path
+    save_program(program.model, Path(path), attention)
+    return Path(path)
 
 
-def save_program(model, path: Path) -> None:
-    """Write an exported `onnx_ir.Model`: checked, the attention function attached, atomically.
+def save_program(model, path: Path, attention: str = standard_attention.PLUGIN) -> None:
+    """Write an exported `onnx_ir.Model`: the attention function attached (where a node calls it),
+    finalized by `graph_passes` (no machine-specific metadata, fp32 normalization statistics),
+    checked, atomically.
 
     Past EXTERNAL_DATA_BYTES of weights the model cannot become one protobuf (2 GiB cap), so it is
     saved from the IR with its weights in one external data file, and only the small graph proto
-    is loaded back to attach the function.
+    is loaded back to attach the function and finalize.
     """
     import onnx_ir
 
     path.parent.mkdir(parents=True, exist_ok=True)
     weight_bytes = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
     if weight_bytes <= EXTERNAL_DATA_BYTES:
-        proto = attention_op.attach_function(onnx_ir.serde.serialize_model(model))
+        proto = _finalized(onnx_ir.serde.serialize_model(model), attention)
         onnx.checker.check_model(proto, full_check=True)
         atomic_write(path, lambda temporary: onnx.save_model(proto, temporary))
         return
@@ -79,9 +91,18 @@ def save_program(model, path: Path) -> None:
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as staging:
         staged = Path(staging) / path.name
         onnx_ir.save(model, staged, external_data=data_name)
-        proto = attention_op.attach_function(onnx.load(staged, load_external_data=False))
+        proto = _finalized(onnx.load(staged, load_external_data=False), attention)
         onnx.save_model(proto, staged)
         onnx.checker.check_model(str(staged), full_check=True)
         for name in (data_name, path.name):
             os.chmod(Path(staging) / name, 0o644)
             os.replace(Path(staging) / name, path.parent / name)
+
+
+def _finalized(proto: onnx.ModelProto, attention: str = standard_attention.PLUGIN) -> onnx.ModelProto:
+    """What every saved graph goes through between the exporter and the file."""
+    if attention not in standard_attention.FORMS:
+        raise ValueError(f"attention form {attention!r}: choose from {', '.join(standard_attention.FORMS)}")
+    if attention == standard_attention.STANDARD:
+        return graph_passes.finalize(standard_attention.to_standard_attention(proto))
+    return graph_passes.finalize(attention_op.attach_function(proto))

@@ -26,6 +26,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from cogvx.errors import CogvxError
+
+
 logger = logging.getLogger(__name__)
 
 WEIGHT_PREFIXES = ("diffusion_pytorch_model", "model")
@@ -33,7 +36,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CogvxError):
     """A checkpoint folder or file that cannot be loaded as asked; the message says why."""
 
 
@@ -78,15 +81,21 @@ def _read_safetensors(path: Path, dtype: torch.dtype | None) -> Iterator[tuple[s
         ) from None
 
 
+def pickle_refusal(path: Path, error: BaseException) -> CheckpointError:
+    """Why a pickle checkpoint was not loaded. torch's own message is left out on purpose: it
+    suggests retrying with weights_only=False, which would run whatever code the file carries."""
+    return CheckpointError(
+        f"refusing {path}: it is not a plain tensor pickle that loads with weights_only=True "
+        f"({type(error).__name__}: corrupt, truncated, or holding objects beyond tensors); cogvx never runs "
+        "pickled code. Convert the checkpoint to safetensors with a tool you trust, or re-download it")
+
+
 def _read_pickle(path: Path, dtype: torch.dtype | None) -> Iterator[tuple[str, torch.Tensor]]:
     logger.warning("%s is a pickle checkpoint; loading with weights_only=True (convert it to safetensors)", path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad pickles
-        raise CheckpointError(
-            f"refusing {path}: it is not a plain tensor pickle loadable with weights_only=True ({error}). "
-            "Convert it to safetensors with a trusted tool first."
-        ) from None
+        raise pickle_refusal(path, error) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -185,6 +194,7 @@ def staged_directory(target: Path) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield staging
+        os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp makes 0700; finished folders follow the umask
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)

@@ -5,22 +5,31 @@ checkpoint's config reads in with `from_dict` and writes back with `to_dict` unc
 do not model (diffusers bookkeeping such as `_class_name`) are dropped, unknown keys that would
 change the architecture are refused by name.
 
-Presets are an exact lookup: `PRESETS["cogvideox-5b"]`. Values are SPEC.md section 1.
+Presets are an exact lookup: `PRESETS["cogvideox-5b"]`. Their values are the published models'
+(see docs/reference.md, 'Model families').
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
+
+from cogvx.errors import CogvxError
+
+from .precision import Precision
+
 
 # Keys diffusers / transformers write into config.json that carry no architecture.
 _BOOKKEEPING_KEYS = {"_class_name", "_diffusers_version", "_name_or_path", "_use_default_values"}
 
 
-class ConfigError(ValueError):
+class ConfigError(CogvxError):
     """A config that matches no known CogVideoX variant, or a bad config value."""
 
 
@@ -33,7 +42,39 @@ def _from_dict(cls, data: dict[str, Any], ignored: set[str] = frozenset()):
             f"{cls.component} config (known keys: {sorted(names)})"
         )
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in names}
+    hints = typing.get_type_hints(cls)
+    for key, value in kwargs.items():
+        if not _matches(value, hints[key]):
+            raise ConfigError(f"{cls.__name__}: {key} = {value!r} is not {_describe(hints[key])}; this config file "
+                              "was edited or is not a CogVideoX config")
     return cls(**kwargs)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """A config value of the annotated type: counts are non-negative whole numbers, reals are finite."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if typing.get_origin(hint) is tuple:
+        item = typing.get_args(hint)[0]
+        return isinstance(value, tuple) and all(_matches(v, item) for v in value)
+    if hint is bool or isinstance(value, bool):
+        return hint is bool and isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and value >= 0
+    if hint is float:
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {_describe(typing.get_args(hint)[0])}"
+    return {int: "a whole number >= 0", float: "a finite number", bool: "true or false", str: "a string",
+            type(None): "null"}.get(hint, str(hint))
 
 
 class _ConfigIO:
@@ -282,7 +323,7 @@ class ModelConfig:
     height: int = 480
     width: int = 720
     fps: int = 8
-    recommended_dtype: str = "bfloat16"
+    recommended_precision: Precision = Precision.BF16
     image_to_video: bool = False
 
     @property
@@ -299,7 +340,7 @@ def latent_frames(num_frames: int, temporal_compression: int = 4) -> int:
     """49 video frames -> 13 latent frames; frames must be 4k+1."""
     if num_frames < 1 or (num_frames - 1) % temporal_compression:
         lower = max(1, (num_frames - 1) // temporal_compression * temporal_compression + 1)
-        raise ValueError(
+        raise ConfigError(
             f"frames must be {temporal_compression}k+1 (got {num_frames}); try {lower} or {lower + temporal_compression}"
         )
     return (num_frames - 1) // temporal_compression + 1
@@ -310,7 +351,7 @@ def check_video_size(height: int, width: int, multiple: int = 16) -> None:
     for name, value in (("height", height), ("width", width)):
         if value < multiple or value % multiple:
             near = max(multiple, round(value / multiple) * multiple)
-            raise ValueError(f"{name} must be a positive multiple of {multiple} (got {value}); try {near}")
+            raise ConfigError(f"{name} must be a positive multiple of {multiple} (got {value}); try {near}")
 
 
 _T5_XXL = TextEncoderConfig()
@@ -327,7 +368,7 @@ _TRANSFORMER_15 = _TRANSFORMER_5B.replace(
 PRESETS: dict[str, ModelConfig] = {
     "cogvideox-2b": ModelConfig(
         "cogvideox-2b", _TRANSFORMER_2B, _VAE_2B, _T5_XXL, SchedulerConfig(snr_shift_scale=3.0),
-        recommended_dtype="float16",
+        recommended_precision=Precision.FP16,
     ),
     "cogvideox-5b": ModelConfig(
         "cogvideox-5b", _TRANSFORMER_5B, _VAE_5B, _T5_XXL, SchedulerConfig(snr_shift_scale=1.0)
@@ -362,9 +403,28 @@ PRESETS: dict[str, ModelConfig] = {
         TextEncoderConfig(vocab_size=256, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
                           feed_forward_proj="gated-gelu", dropout_rate=0.0),
         SchedulerConfig(snr_shift_scale=1.0),
-        num_frames=17, height=64, width=64, fps=8, recommended_dtype="float32",
+        num_frames=17, height=64, width=64, fps=8, recommended_precision=Precision.FP32,
     ),
 }
+
+
+def model_config(transformer: TransformerConfig, vae: VAEConfig, scheduler: SchedulerConfig,
+                 text_encoder: TextEncoderConfig | None = None) -> ModelConfig:
+    """A whole model from its part configs: the preset whose transformer this is (for its default
+    video), else defaults read from the configs."""
+    image_to_video = transformer.in_channels == 2 * vae.latent_channels
+    for preset in PRESETS.values():
+        if preset.transformer == transformer:
+            return ModelConfig(preset.name, transformer, vae, text_encoder or preset.text_encoder, scheduler,
+                               preset.num_frames, preset.height, preset.width, preset.fps,
+                               preset.recommended_precision, image_to_video)
+    height, width = 8 * transformer.sample_height, 8 * transformer.sample_width
+    if transformer.patch_size_t is not None:
+        # 1.5's sample size is the RoPE grid's maximum (2400 x 2400), not a size to generate at.
+        height, width = min(height, 768), min(width, 1360)
+    return ModelConfig("custom", transformer, vae, text_encoder or TextEncoderConfig(), scheduler,
+                       transformer.sample_frames, height, width, 16 if transformer.patch_size_t else 8,
+                       image_to_video=image_to_video)
 
 
 def get_preset(name: str) -> ModelConfig:

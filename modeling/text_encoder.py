@@ -2,7 +2,8 @@
 
 Prompts are tokenized to exactly `max_length` tokens (226 for the real models): padded to that
 length, truncated past it, and encoded WITHOUT an attention mask, so padding rows carry the
-encoder's pad embeddings that the transformer was trained to attend to (SPEC.md section 4).
+encoder's pad embeddings that the transformer was trained to attend to (see docs/reference.md,
+'Text encoder').
 
 Letters: B prompts, L = max_length tokens, Dt = T5 width (4096 for T5 v1.1 XXL).
 """
@@ -10,10 +11,12 @@ Letters: B prompts, L = max_length tokens, Dt = T5 width (4096 for T5 v1.1 XXL).
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 
 import torch
 
+from .checkpoint import CheckpointError, pickle_refusal
 from .configs import TextEncoderConfig
 
 logger = logging.getLogger(__name__)
@@ -56,10 +59,19 @@ class TextEncoder:
         text_encoder_dir = Path(text_encoder_dir)
         tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir else text_encoder_dir.parent / "tokenizer"
         if not (text_encoder_dir / "config.json").is_file():
-            raise FileNotFoundError(f"no text encoder at {text_encoder_dir}: expected text_encoder/config.json + weights")
+            raise CheckpointError(f"no text encoder at {text_encoder_dir}: expected text_encoder/config.json + weights")
         if not tokenizer_dir.is_dir():
-            raise FileNotFoundError(f"no tokenizer at {tokenizer_dir}: expected tokenizer/spiece.model (or tokenizer.json)")
-        model = T5EncoderModel.from_pretrained(text_encoder_dir, dtype=dtype)
+            raise CheckpointError(f"no tokenizer at {tokenizer_dir}: expected tokenizer/spiece.model (or tokenizer.json)")
+        try:
+            model = T5EncoderModel.from_pretrained(text_encoder_dir, dtype=dtype)
+        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
+            # transformers loads .bin weights with torch.load(weights_only=True): a pickle with code in
+            # it (or a corrupt file) fails there, with torch's advice to disable the check
+            pickles = sorted(text_encoder_dir.glob("*.bin"))
+            if pickles and not any(text_encoder_dir.glob("*.safetensors")):
+                raise pickle_refusal(pickles[0], error) from None
+            raise CheckpointError(f"cannot load the text encoder in {text_encoder_dir} ({type(error).__name__}: "
+                                  f"{str(error).splitlines()[0][:200]}); re-download or re-save it") from None
         if dtype == torch.float16:
             logger.warning("T5 in float16 can overflow (inf/NaN embeddings); prefer float32 or bfloat16")
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)

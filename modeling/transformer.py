@@ -1,4 +1,4 @@
-"""The CogVideoX expert diffusion transformer (SPEC.md section 2), every variant.
+"""The CogVideoX expert diffusion transformer, every variant (see docs/reference.md, 'Transformer' and 'Positions').
 
 Letters: B batch, F latent frames, C latent channels, H, W latent height / width,
 L text tokens, V vision tokens (F/pt * H/p * W/p), S = L + V, D hidden, N heads, Dh head dim,
@@ -26,6 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from . import checkpoint as ckpt
 from .attention import rope_attention
 from .configs import TransformerConfig, get_preset
+from .memory import check_fits
 from .positions import PositionTables, position_tables, timestep_sinusoid
 
 logger = logging.getLogger(__name__)
@@ -220,6 +221,7 @@ class CogVideoXTransformer(nn.Module):
         directory = Path(directory)
         config = TransformerConfig.from_file(directory)
         warn_if_unstable_dtype(config, dtype)
+        cls.check_fits(config, dtype)
         return ckpt.load_module(lambda: cls(config), directory, dtype)
 
     @classmethod
@@ -227,10 +229,26 @@ class CogVideoXTransformer(nn.Module):
         """Random weights of a preset (benchmarks, tests); `overrides` change config fields, e.g. num_layers=2."""
         config = get_preset(name).transformer.replace(**overrides)
         warn_if_unstable_dtype(config, dtype)
+        cls.check_fits(config, torch.float32)  # built in float32, then cast
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = cls(config)
         return model.to(dtype).eval().requires_grad_(False)
+
+    @classmethod
+    def parameter_count(cls, config: TransformerConfig) -> int:
+        """Parameters of a model of this config, from one- and two-layer models on the meta device
+        (building the whole model first is what a config with a million layers must not do)."""
+        with ckpt.meta_device():
+            one, two = (sum(p.numel() for p in cls(config.replace(num_layers=n)).parameters()) for n in (1, 2))
+        return one + (two - one) * (config.num_layers - 1)
+
+    @classmethod
+    def check_fits(cls, config: TransformerConfig, dtype: torch.dtype) -> None:
+        """Refuse a config whose weights alone do not fit in host memory, before building it."""
+        needed = cls.parameter_count(config) * torch.empty((), dtype=dtype).element_size()
+        check_fits(needed, f"a transformer of {config.num_layers} layers x {config.hidden_size} wide",
+                   advice="check num_layers / num_attention_heads / attention_head_dim in its config.json")
 
     def save_pretrained(self, directory: str | Path, max_shard_bytes: int | None = None) -> None:
         ckpt.save_component(self, self.config.to_dict(), directory, max_shard_bytes=max_shard_bytes)

@@ -1,4 +1,4 @@
-"""Building blocks of the CogVideoX 3D causal VAE (SPEC.md section 3).
+"""Building blocks of the CogVideoX 3D causal VAE (see docs/reference.md, 'VAE').
 
 Letters: B batch, C channels, T frames, H, W height / width; zq the latent (B, Cz, t, h, w) that
 conditions every decoder norm.

@@ -2,7 +2,8 @@
 
 `denoiser(latents (B', F, C, h, w), timestep (B',)) -> velocity` is all the loop knows of the
 model; a torch module, an ONNX Runtime session or a TensorRT engine can stand behind it.
-With guidance the batch is [negative ; positive] and the combine runs in fp32 (SPEC.md section 4).
+With guidance the batch is [negative ; positive] and the combine runs in fp32 (see docs/reference.md,
+'Guidance').
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Callable
 
 import torch
 
+from cogvx.errors import NonFiniteError
+
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -19,7 +22,7 @@ def dynamic_guidance(guidance_scale: float, timestep: int, num_inference_steps: 
     """`1 + w (1 - cos(pi ((N - t) / N)^5)) / 2` with the raw timestep t, as the checkpoints were tuned.
 
     With t in [0, 1000) and N steps the base goes negative for most t; it is kept exactly as
-    written in the reference (see SPEC.md section 7).
+    written in the reference (see docs/reference.md, 'Guidance').
     """
     return 1 + guidance_scale * (1 - math.cos(math.pi * ((num_inference_steps - timestep) / num_inference_steps) ** 5.0)) / 2
 
@@ -56,6 +59,10 @@ def denoise(
         timestep_back = timesteps[i - 1] if i > 0 else None
         latents, previous_x0 = scheduler.step(velocity, previous_x0, t, timestep_back, latents, generator=generator)
         latents = latents.to(dtype)
+        if not torch.isfinite(latents).all():
+            raise NonFiniteError(
+                f"the denoiser gave NaN or inf at step {i + 1} of {num_steps} (timestep {int(t)}); in float16 the "
+                "5B and 1.5 models overflow: use bfloat16 (or float32); an engine doing this fails `cogvx validate`")
         if on_step is not None:
             on_step(i, int(t), latents)
     return latents

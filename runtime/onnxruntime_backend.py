@@ -1,15 +1,10 @@
-"""The ONNX Runtime backend: stages over `onnxruntime.InferenceSession`s of an engine directory.
+"""The ONNX Runtime backend: a `Runner` per graph of an engine directory.
 
-CUDA execution provider when onnxruntime-gpu sees a GPU, else CPU. Stages take and return torch
-tensors keyed by the names in runtime/stages.py; the differences between a graph's I/O and the
-stage's are handled here:
-
-- denoiser: the pipeline passes position tables as (V, Dh); the graph takes them as
-  (T, H', W', Dh) so every dynamic axis is linear (export/descriptors.py).
-- vae_decoder: the first chunk (no cache) picks the first-chunk graph for its length; the cache
-  comes out as `conv_cache_out.*` and goes back in as `conv_cache.*`.
-
-Every stage carries its `ShapeProfile`; the pipeline checks a request against it before any run.
+CUDA execution provider when onnxruntime-gpu sees a GPU, else CPU. Inputs and outputs go through
+ONNX Runtime's io_binding: an input is bound to the torch tensor's own memory (CPU or CUDA) and an
+output is handed back to torch through DLPack, so nothing is copied between host and device or
+through numpy. Everything stage-level (graph choice, table reshape, cache renames, profile) is
+runtime/graph_stage.py's.
 """
 
 from __future__ import annotations
@@ -20,15 +15,40 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cogvx.engines.manifest import EngineDirectoryError, Manifest, StageRecord
-from cogvx.export.profiles import ShapeProfile
+from cogvx.contract.components import Component
+from cogvx.contract.manifest import EngineDirectoryError, Manifest
+from cogvx.modeling.precision import Precision
 
-from .stages import CACHE_PREFIX, Stage
+from .graph_stage import open_graph_stages
+from .stages import Stage
 
 logger = logging.getLogger(__name__)
 
-_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
-                "tensor(int32)": np.int32, "tensor(double)": np.float64}
+# ONNX type -> (torch dtype, numpy element type for io_binding)
+_TYPES = {"tensor(float)": (torch.float32, np.float32), "tensor(float16)": (torch.float16, np.float16),
+          "tensor(int64)": (torch.int64, np.int64), "tensor(int32)": (torch.int32, np.int32),
+          "tensor(double)": (torch.float64, np.float64)}
+
+
+def cpu_has_vnni() -> bool:
+    """AVX-512 VNNI or AVX-VNNI: int8 dot products that do not saturate."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+def fuses_qdq_correctly(precision: Precision) -> bool:
+    """Whether ONNX Runtime CPU may fuse this precision's Q/DQ pairs into its integer kernels.
+
+    fp8: its fusion pass turns DequantizeLinear(float8) + MatMul into MatMulIntegerToFloat, which
+    rejects float8 (invalid graph). int8 on a CPU without VNNI: the fused u8s8 MatMul accumulates
+    pairs in int16 and saturates (0.29 error against 0.02 unfused, measured on an AVX2 machine).
+    Unfused, Q/DQ runs as written: exact, slower."""
+    if precision == Precision.FP8:
+        return False
+    return precision != Precision.INT8 or cpu_has_vnni()
 
 
 def default_providers() -> list[str]:
@@ -40,14 +60,18 @@ def default_providers() -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-class Session:
-    """One graph: torch in, torch out, inputs cast to the dtypes the graph declares."""
+class OnnxRuntimeRunner:
+    """One graph in an `onnxruntime.InferenceSession`: torch in, torch out, no copies."""
 
-    def __init__(self, path: Path, providers: list[str], low_memory: bool = False):
+    def __init__(self, path: Path, providers: list[str], low_memory: bool = False,
+                 precision: Precision = Precision.FP32):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        if not fuses_qdq_correctly(precision):
+            # run Q/DQ as written (DequantizeLinear, float MatMul) instead of ORT's fused integer kernels
+            options.add_session_config_entry("session.disable_quant_qdq", "1")
         if low_memory:
             # Each session's CPU arena keeps its high-water mark: with the arena on, the two decoder
             # graphs held 7.8 GB at 17x128x192 against 3.7 GB off (benchmarks/onnxruntime_backend.py),
@@ -58,73 +82,41 @@ class Session:
         except Exception as error:  # onnxruntime raises its own exception types
             raise EngineDirectoryError(f"ONNX Runtime cannot load {path} ({str(error).splitlines()[0]}); "
                                        "export it again") from None
-        self.input_types = {i.name: i.type for i in self.session.get_inputs()}
-        for name, kind in self.input_types.items():
-            if kind not in _NUMPY_TYPES:
-                raise EngineDirectoryError(f"{path.name} input {name} is {kind}, which the ONNX Runtime backend "
-                                           "cannot feed from numpy (bf16 graphs run on TensorRT); export fp32/fp16")
+        self.input_dtypes: dict[str, torch.dtype] = {}
+        for graph_input in self.session.get_inputs():
+            if graph_input.type not in _TYPES:
+                raise EngineDirectoryError(
+                    f"{path.name} input {graph_input.name} is {graph_input.type}, which the ONNX Runtime backend "
+                    "cannot bind (bf16 graphs are for TensorRT); export fp32 or fp16")
+            self.input_dtypes[graph_input.name] = _TYPES[graph_input.type][0]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.on_cuda = self.session.get_providers()[0] == "CUDAExecutionProvider"
 
-    def __call__(self, inputs: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-        feeds = {}
-        for name, kind in self.input_types.items():
-            if name not in inputs:
-                raise ValueError(f"graph input {name} was not given (got {sorted(inputs)})")
-            feeds[name] = inputs[name].detach().cpu().numpy().astype(_NUMPY_TYPES[kind], copy=False)
-        outputs = self.session.run(self.output_names, feeds)
-        return {name: torch.from_numpy(value).to(device) for name, value in zip(self.output_names, outputs)}
-
-
-class OnnxRuntimeStage:
-    """A stage over one or more graphs of an engine directory's stage record."""
-
-    def __init__(self, directory: Path, record: StageRecord, manifest: Manifest, providers: list[str]):
-        self.name = record.stage
-        self.record = record
-        self.profile = ShapeProfile.from_dict(record.profile)
-        self.sessions = {role: Session(directory / file_name, providers, low_memory=self.name == "vae_decoder")
-                         for role, file_name in record.graphs.items()}
-        transformer = manifest.configs["transformer"]
-        self.patch_size, self.patch_size_t = transformer["patch_size"], transformer.get("patch_size_t") or 1
-
-    def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        device = next(iter(inputs.values())).device
-        if self.name == "denoiser":
-            return self._denoise(inputs, device)
-        if self.name == "vae_decoder":
-            return self._decode(inputs, device)
-        return self.sessions["main"](inputs, device)
-
-    def _denoise(self, inputs: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
-        _, frames, _, h, w = inputs["latents"].shape
-        grid = (frames // self.patch_size_t, h // self.patch_size, w // self.patch_size, -1)
-        feeds = dict(inputs)
-        for name in ("rope_cos", "rope_sin", "sincos"):
-            if feeds.get(name) is not None:
-                feeds[name] = feeds[name].reshape(grid)  # (V, Dh) -> (T, H', W', Dh)
-        return self.sessions["main"](feeds, device)
-
-    def _decode(self, inputs: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
-        latents = inputs["latents"]
-        cache = {name: t for name, t in inputs.items() if name.startswith(CACHE_PREFIX)}
-        role = f"first_{latents.shape[2]}" if not cache else "next"
-        if role not in self.sessions:
-            raise ValueError(f"no vae_decoder graph for a {'first' if not cache else 'next'} chunk of "
-                             f"{latents.shape[2]} latent frames (have {sorted(self.sessions)}); the request is "
-                             "outside the profile this decoder was exported for")
-        out = self.sessions[role](inputs, device)
-        return {name.replace("conv_cache_out.", CACHE_PREFIX): t for name, t in out.items()}
+    def __call__(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        binding = self.session.io_binding()
+        numpy_types = {torch_type: numpy_type for torch_type, numpy_type in _TYPES.values()}
+        for name, tensor in feeds.items():
+            if tensor.is_cuda and not self.on_cuda:
+                tensor = tensor.cpu()  # a CPU session fed from CUDA: the one copy that cannot be avoided
+            feeds[name] = tensor = tensor.contiguous()  # kept alive until the run ends
+            binding.bind_input(name, tensor.device.type, tensor.device.index or 0, numpy_types[tensor.dtype],
+                               tuple(tensor.shape), tensor.data_ptr())
+        device = "cuda" if self.on_cuda else "cpu"
+        for name in self.output_names:
+            binding.bind_output(name, device)
+        self.session.run_with_iobinding(binding)
+        return {name: torch.from_dlpack(value._ortvalue)
+                for name, value in zip(self.output_names, binding.get_outputs())}
 
 
 def onnxruntime_stages(directory: str | Path, providers: list[str] | None = None,
                        verify: bool = True) -> tuple[dict[str, Stage], Manifest]:
-    """Every stage of an engine directory as an ONNX Runtime stage (files checked against the manifest)."""
-    directory = Path(directory)
-    manifest = Manifest.load(directory)
-    if verify:
-        manifest.verify(directory)
+    """Every stage of an engine directory on ONNX Runtime (files checked against the manifest)."""
     providers = providers or default_providers()
     logger.info("ONNX Runtime providers: %s", providers)
-    stages = {record.stage: OnnxRuntimeStage(directory, record, manifest, providers)
-              for record in manifest.stages.values()}
-    return stages, manifest
+
+    def make_runner(path: Path, component: Component, precision: Precision) -> OnnxRuntimeRunner:
+        # streaming stages run many small graphs in a row: no arena that keeps each one's peak
+        return OnnxRuntimeRunner(path, providers, low_memory=component.cache is not None, precision=precision)
+
+    return open_graph_stages(directory, make_runner, verify)

@@ -1,4 +1,4 @@
-"""Text-to-video and image-to-video generation over stages (DESIGN.md seam 4).
+"""Text-to-video and image-to-video generation over stages (runtime/stages.py).
 
 prompt -> text_encoder stage -> N x denoiser stage (CFG) -> streaming vae_decoder stage -> uint8
 frames. The numbers follow diffusers' `CogVideoXPipeline` / `CogVideoXImageToVideoPipeline`
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -20,24 +21,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cogvx.modeling.configs import (
-    PRESETS, ModelConfig, SchedulerConfig, TextEncoderConfig, TransformerConfig, VAEConfig,
-    check_video_size, latent_frames,
-)
-
+from cogvx.contract.components import COMPONENT_OF_STAGE, DECODER_CACHE, required_stages
+from cogvx.contract.shapes import ProfileError, ShapeProfile, ShapeSpec
+from cogvx.errors import CogvxError, NonFiniteError
+from cogvx.modeling.checkpoint import CheckpointError
+from cogvx.modeling.memory import check_fits
+from cogvx.modeling.configs import ConfigError, ModelConfig, check_video_size, latent_frames
+from cogvx.modeling.model_dir import load_model_config
 from cogvx.modeling.text_encoder import tokenize_prompts
 from cogvx.modeling.vae import DECODE_CHUNK, chunk_bounds
 
 from .denoise import denoise
 from .schedulers import make_scheduler
-from .stages import CACHE_PREFIX, Stage, torch_stages
+from .stages import Stage, torch_stages
 
 logger = logging.getLogger(__name__)
 
 COMPONENT_FOLDERS = ("transformer", "vae", "scheduler", "text_encoder", "tokenizer")
+SIZE_LIMIT = 8  # frames / height / width beyond this multiple of the model's own size are refused
+MAX_IMAGE_PIXELS = 8192 * 8192  # a conditioning image larger than this is a mistake or a decompression bomb
 
 
-class PipelineInputError(ValueError):
+class PipelineInputError(CogvxError):
     """A generation request that cannot run as asked; the message says what to change."""
 
 
@@ -46,24 +51,6 @@ class GenerationOutput:
     frames: np.ndarray | torch.Tensor  # np: uint8 (B, T, H, W, 3); pt: float (B, T, 3, H, W) in [0, 1]
     fps: int
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage
-
-
-def model_config_for(transformer: TransformerConfig, vae: VAEConfig, scheduler: SchedulerConfig,
-                     text_encoder: TextEncoderConfig | None = None) -> ModelConfig:
-    """The preset whose transformer this is (for its default video), else defaults from the config."""
-    image_to_video = transformer.in_channels == 2 * vae.latent_channels
-    for preset in PRESETS.values():
-        if preset.transformer == transformer:
-            return ModelConfig(preset.name, transformer, vae, text_encoder or preset.text_encoder, scheduler,
-                               preset.num_frames, preset.height, preset.width, preset.fps,
-                               preset.recommended_dtype, image_to_video)
-    height, width = 8 * transformer.sample_height, 8 * transformer.sample_width
-    if transformer.patch_size_t is not None:
-        # 1.5's sample size is the RoPE grid's maximum (2400 x 2400), not a size to generate at.
-        height, width = min(height, 768), min(width, 1360)
-    return ModelConfig("custom", transformer, vae, text_encoder or TextEncoderConfig(), scheduler,
-                       transformer.sample_frames, height, width, 16 if transformer.patch_size_t else 8,
-                       image_to_video=image_to_video)
 
 
 def to_uint8(video: torch.Tensor) -> np.ndarray:
@@ -82,6 +69,7 @@ class CogVideoXPipeline:
         self.tokenizer = tokenizer
         self.dtype = dtype
         self.device = torch.device(device)
+        self.modules: dict[str, torch.nn.Module] = {}  # the torch modules behind the stages, when known
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, dtype: torch.dtype = torch.float32,
@@ -92,22 +80,20 @@ class CogVideoXPipeline:
         from cogvx.modeling.vae import CogVideoXVAE
 
         directory = Path(directory)
-        if not directory.is_dir():
-            raise FileNotFoundError(f"checkpoint folder {directory} does not exist")
-        if not (directory / "model_index.json").is_file():
-            raise FileNotFoundError(f"{directory} has no model_index.json: not a CogVideoX checkpoint in the "
-                                    "diffusers layout (model_index.json + transformer/, vae/, scheduler/, ...)")
+        if not (directory / "model_index.json").is_file() and directory.is_dir():
+            raise CheckpointError(f"{directory} has no model_index.json: not a CogVideoX checkpoint in the "
+                                  "diffusers layout (model_index.json + transformer/, vae/, scheduler/, ...)")
         needed = COMPONENT_FOLDERS if text_encoder else COMPONENT_FOLDERS[:3]
         missing = [name for name in needed if not (directory / name).is_dir()]
-        if missing:
-            raise FileNotFoundError(
+        if missing and directory.is_dir():
+            raise CheckpointError(
                 f"{directory} is missing component folder(s) {', '.join(f'{m}/' for m in missing)}; "
                 "a CogVideoX checkpoint in the diffusers layout has transformer/, vae/, scheduler/, "
                 "text_encoder/ and tokenizer/"
             )
+        config = load_model_config(directory)
         transformer = CogVideoXTransformer.from_pretrained(directory / "transformer", dtype).to(device)
         vae = CogVideoXVAE.from_pretrained(directory / "vae", dtype).to(device)
-        scheduler = SchedulerConfig.from_file(directory / "scheduler" / "scheduler_config.json")
         encoder = None
         if text_encoder:
             # T5 overflows in fp16 (inf embeddings); it is cheap next to the transformer, so run it in fp32.
@@ -115,61 +101,51 @@ class CogVideoXPipeline:
             encoder = TextEncoder.from_pretrained(directory / "text_encoder", directory / "tokenizer",
                                                   text_dtype, transformer.config.max_text_seq_length)
             encoder.model.to(device)
-        config = model_config_for(transformer.config, vae.config, scheduler)
-        return cls(config, torch_stages(encoder, transformer, vae), encoder.tokenizer if encoder else None,
+        pipe = cls(config, torch_stages(encoder, transformer, vae), encoder.tokenizer if encoder else None,
                    dtype, device)
+        pipe.modules = {"transformer": transformer, "vae": vae}  # the reference modules, for calibration
+        return pipe
 
     @classmethod
     def from_engines(cls, engine_dir: str | Path, model_dir: str | Path | None = None,
                      providers: list[str] | None = None, device: torch.device | str = "cpu") -> CogVideoXPipeline:
         """Stages from an engine directory on ONNX Runtime; stages it lacks come from the torch
         checkpoint at `model_dir` when given (e.g. T5 in torch, the rest on ONNX Runtime)."""
-        from cogvx.engines.manifest import EngineDirectoryError
-        from cogvx.export.profiles import ShapeProfile
+        from cogvx.contract.manifest import EngineDirectoryError
         from cogvx.runtime.onnxruntime_backend import onnxruntime_stages
 
         engine_dir = Path(engine_dir)
         stages, manifest = onnxruntime_stages(engine_dir, providers)
-        configs = manifest.configs
-        transformer = TransformerConfig.from_dict(configs["transformer"])
-        config = model_config_for(transformer, VAEConfig.from_dict(configs["vae"]),
-                                  SchedulerConfig.from_dict(configs["scheduler"]),
-                                  TextEncoderConfig.from_dict(configs["text_encoder"]))
-        record = manifest.stages.get("transformer")
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(record.dtype if record else "", torch.float32)
+        config = manifest.model_config()
+        denoiser = stages.get("denoiser")
+        dtype = denoiser.precision.torch_dtype if denoiser is not None else torch.float32
         tokenizer = None
         if (engine_dir / "tokenizer").is_dir():
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(engine_dir / "tokenizer")
-        missing = [name for name in ("text_encoder", "denoiser", "vae_decoder") if name not in stages]
-        if config.image_to_video and "vae_encoder" not in stages:
-            missing.append("vae_encoder")
+        missing = [name for name in required_stages(config.image_to_video) if name not in stages]
         if missing and model_dir is None:
             raise EngineDirectoryError(f"{engine_dir} has no engines for {', '.join(missing)}; export them "
                                        "(cogvx export --components ...) or pass the checkpoint (--model) to run "
                                        "them in torch")
         if missing:
+            # the stages run in torch must come from the checkpoint the engines came from (its weights)
+            components = [COMPONENT_OF_STAGE[name] for name in missing]
+            manifest.check_source(model_dir, sorted({folder for c in components
+                                                     for folder in (c.source_folder, *c.extra_folders)}))
             reference = cls.from_pretrained(model_dir, dtype=dtype, device=device,
                                             text_encoder="text_encoder" in missing)
-            if reference.config.transformer != transformer:
-                raise EngineDirectoryError(f"{model_dir} is not the model these engines were exported from "
-                                           f"({manifest.source_path})")
             stages |= {name: reference.stages[name] for name in missing}
             tokenizer = tokenizer or reference.tokenizer
         logger.info("stages: %s", {name: type(stage).__name__ for name, stage in stages.items()})
-        if record:  # the default video is the one the engines were built for
-            opt = ShapeProfile.from_dict(record.profile).opt
-            config = dataclasses.replace(config, num_frames=opt.frames, height=opt.height, width=opt.width)
-        return cls(config, stages, tokenizer, dtype, device)
+        return cls(engines_model_config(manifest), stages, tokenizer, dtype, device)
 
     def check_profiles(self, batch: int, num_frames: int, height: int, width: int) -> None:
         """Refuse a request outside any engine stage's shape profile, before any run."""
-        from cogvx.export.profiles import ProfileError, ShapeSpec
-
         spec = ShapeSpec(batch, num_frames, height, width, self.config.max_text_len)
         for name, stage in self.stages.items():
-            profile = getattr(stage, "profile", None)
+            profile = stage.profile
             if profile is not None:
                 try:
                     profile.check(spec)
@@ -184,29 +160,18 @@ class CogVideoXPipeline:
             raise PipelineInputError("this pipeline has no text encoder; pass prompt_embeds instead of a prompt")
         ids = tokenize_prompts(self.tokenizer, prompts, self.config.max_text_len)  # (B, L)
         with self._timed("text_encoder"):
-            return self.stages["text_encoder"](input_ids=ids.to(self.device))["text_embeddings"].to(self.dtype)
+            embeddings = self.stages["text_encoder"](input_ids=ids.to(self.device))["text_embeddings"].to(self.dtype)
+        return check_finite(embeddings, "the text encoder", "T5 overflows in float16: run it in float32 or bfloat16")
 
     # -- validation --------------------------------------------------------------------------------
 
-    def check_request(self, prompt, image, num_frames, height, width, steps, guidance, scheduler, prompt_embeds):
-        c = self.config
+    def check_request(self, prompt, image, num_frames, height, width, steps, guidance, scheduler, prompt_embeds,
+                      batch: int = 1, seed: int | None = None):
         if prompt is None and prompt_embeds is None:
             raise PipelineInputError("give a prompt (or prompt_embeds)")
-        try:
-            latent_frames(num_frames, c.vae.temporal_compression)
-            check_video_size(height, width, 8 * c.transformer.patch_size)
-        except ValueError as error:
-            raise PipelineInputError(str(error)) from None
-        if steps < 1:
-            raise PipelineInputError(f"steps must be at least 1 (got {steps}); 50 is the reference setting")
-        if guidance < 0:
-            raise PipelineInputError(f"guidance must be >= 0 (got {guidance}); 6.0 is the reference setting")
-        if scheduler not in ("ddim", "dpm"):
-            raise PipelineInputError(f"scheduler must be 'ddim' or 'dpm' (got {scheduler!r})")
-        if c.image_to_video and image is None:
-            raise PipelineInputError(f"{c.name} is an image-to-video model: give an image (--image FILE)")
-        if not c.image_to_video and image is not None:
-            raise PipelineInputError(f"{c.name} is a text-to-video model and takes no image; drop --image")
+        check_request(self.config, batch=batch, num_frames=num_frames, height=height, width=width, steps=steps,
+                      guidance=guidance, scheduler=scheduler, image=image is not None, device=self.device,
+                      dtype=self.dtype, seed=seed)
 
     # -- generation --------------------------------------------------------------------------------
 
@@ -230,19 +195,19 @@ class CogVideoXPipeline:
         on_step: Callable[[int, int, torch.Tensor], None] | None = None,
     ) -> GenerationOutput:
         c = self.config
-        num_frames, height, width = num_frames or c.num_frames, height or c.height, width or c.width
+        num_frames, height, width = request_size(c, num_frames, height, width)
+        if prompt_embeds is not None:
+            requested = prompt_embeds.shape[0]
+        else:
+            requested = 1 if isinstance(prompt, str) else len(prompt or [])
         self.check_request(prompt, image, num_frames, height, width, num_inference_steps, guidance_scale,
-                           scheduler, prompt_embeds)
+                           scheduler, prompt_embeds, batch=max(1, requested), seed=seed)
         if output_type not in ("np", "pt", "latent"):
             raise PipelineInputError(f"output_type must be 'np', 'pt' or 'latent' (got {output_type!r})")
         if generator is not None and seed is not None:
             raise PipelineInputError("give a generator or a seed, not both")
         if generator is None:
             generator = torch.Generator(device="cpu").manual_seed(0 if seed is None else seed)
-        if prompt_embeds is not None:
-            requested = prompt_embeds.shape[0]
-        else:
-            requested = 1 if isinstance(prompt, str) else len(prompt)
         self.check_profiles(requested, num_frames, height, width)
         self.seconds: dict[str, float] = {}
 
@@ -314,7 +279,8 @@ class CogVideoXPipeline:
         with self._timed("vae_encoder"):
             for _ in range(batch):
                 out = self.stages["vae_encoder"](video=pixels[None, :, None])  # (1, 3, 1, H, W)
-                mean, logvar = out["latent_mean"], out["latent_logvar"].clamp(-30.0, 20.0)
+                mean = check_finite(out["latent_mean"], "the VAE encoder", "encode in float32 or bfloat16")
+                logvar = out["latent_logvar"].clamp(-30.0, 20.0)
                 noise = torch.randn(mean.shape, generator=generator, device=generator.device,
                                     dtype=mean.dtype).to(mean.device)
                 samples.append(mean + torch.exp(0.5 * logvar) * noise)  # (1, C, 1, h, w)
@@ -330,8 +296,9 @@ class CogVideoXPipeline:
         cache: dict[str, torch.Tensor] = {}
         for start, end in chunk_bounds(latents.shape[2], DECODE_CHUNK):
             out = self.stages["vae_decoder"](latents=latents[:, :, start:end], **cache)
-            cache = {name: t for name, t in out.items() if name.startswith(CACHE_PREFIX)}
-            yield out["frames"]
+            cache = {name: t for name, t in out.items() if name.startswith(DECODER_CACHE.input_prefix)}
+            yield check_finite(out["frames"], f"the VAE decoder (latent frames {start} to {end - 1})",
+                               "decode in float32 or bfloat16; an engine doing this fails `cogvx validate`")
 
     @contextmanager
     def _timed(self, stage: str):
@@ -344,6 +311,83 @@ class CogVideoXPipeline:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
+def engines_model_config(manifest) -> ModelConfig:
+    """The model of an engine directory, its default video the one its denoiser was exported for."""
+    config = manifest.model_config()
+    record = manifest.stages.get("transformer")
+    if record is not None:
+        opt = ShapeProfile.from_dict(record.profile).opt
+        config = dataclasses.replace(config, num_frames=opt.frames, height=opt.height, width=opt.width)
+    return config
+
+
+def check_finite(tensor: torch.Tensor, stage: str, advice: str) -> torch.Tensor:
+    """`tensor`, or a NonFiniteError naming the stage: a NaN never becomes a black video silently."""
+    if not torch.isfinite(tensor).all():
+        raise NonFiniteError(f"{stage} gave NaN or inf; {advice}")
+    return tensor
+
+
+def request_size(config: ModelConfig, num_frames: int | None, height: int | None,
+                 width: int | None) -> tuple[int, int, int]:
+    """The video size asked for, the model's default where a value was not given (None; a 0 is an
+    error, not a request for the default)."""
+    return (config.num_frames if num_frames is None else num_frames, config.height if height is None else height,
+            config.width if width is None else width)
+
+
+def check_request(config: ModelConfig, *, batch: int, num_frames: int, height: int, width: int, steps: int,
+                  guidance: float, scheduler: str, image: bool, device: torch.device | str = "cpu",
+                  dtype: torch.dtype = torch.float32, seed: int | None = None) -> None:
+    """Everything about a generation request that can be checked from the configs alone: cheap, so
+    the CLI runs it before any model loads. Sizes are refused when the machine cannot hold them."""
+    try:
+        latent_frames(num_frames, config.vae.temporal_compression)
+        check_video_size(height, width, 8 * config.transformer.patch_size)
+    except ConfigError as error:
+        raise PipelineInputError(str(error)) from None
+    trained = {"frames": (num_frames, config.transformer.sample_frames),
+               "height": (height, config.vae.spatial_compression * config.transformer.sample_height),
+               "width": (width, config.vae.spatial_compression * config.transformer.sample_width)}
+    for name, (value, size) in trained.items():
+        if value > SIZE_LIMIT * size:
+            raise PipelineInputError(f"{name} {value} is more than {SIZE_LIMIT}x the {size} this model was made for; "
+                                     "attention grows with the square of the tokens and would run for hours")
+    if not 1 <= steps <= config.scheduler.num_train_timesteps:
+        raise PipelineInputError(f"steps must be between 1 and {config.scheduler.num_train_timesteps} (got {steps}); "
+                                 "50 is the reference setting")
+    if not (math.isfinite(guidance) and guidance >= 0):
+        raise PipelineInputError(f"guidance must be a finite number >= 0 (got {guidance}); 6.0 is the reference "
+                                 "setting, 1 or less turns guidance off")
+    if scheduler not in ("ddim", "dpm"):
+        raise PipelineInputError(f"scheduler must be 'ddim' or 'dpm' (got {scheduler!r})")
+    if seed is not None and not -2**63 <= seed < 2**64:
+        raise PipelineInputError(f"seed must be a 64-bit number (got {seed}); any value from 0 to 2**63 will do")
+    if config.image_to_video and not image:
+        raise PipelineInputError(f"{config.name} is an image-to-video model: give an image (--image FILE)")
+    if not config.image_to_video and image:
+        raise PipelineInputError(f"{config.name} is a text-to-video model and takes no image; drop --image")
+    check_fits(peak_bytes_lower_bound(config, batch, num_frames, height, width, dtype),
+               f"a {batch}x{num_frames}x{height}x{width} video", device,
+               advice="ask for fewer frames or a smaller size")
+
+
+def peak_bytes_lower_bound(config: ModelConfig, batch: int, num_frames: int, height: int, width: int,
+                           dtype: torch.dtype = torch.float32) -> int:
+    """Memory a generation certainly allocates besides the weights: the uint8 video, plus the larger of
+    the first decoder block's activations over one streamed chunk (a convolution's input and
+    output) and the transformer's residual, q, k and v for the CFG batch, which coexist in attention."""
+    vae, t = config.vae, config.transformer
+    element = torch.empty((), dtype=dtype).element_size()
+    video = batch * num_frames * height * width * 3
+    decoder = 2 * batch * vae.block_out_channels[0] * DECODE_CHUNK * vae.temporal_compression * height * width
+    frames = latent_frames(num_frames, vae.temporal_compression)
+    grid = -(-frames // (t.patch_size_t or 1)) * (height // vae.spatial_compression // t.patch_size) * (
+        width // vae.spatial_compression // t.patch_size)
+    transformer = 4 * 2 * batch * (t.max_text_seq_length + grid) * t.hidden_size
+    return video + max(decoder, transformer) * element
 
 
 def prepare_image(image, height: int, width: int) -> torch.Tensor:
@@ -360,9 +404,12 @@ def prepare_image(image, height: int, width: int) -> torch.Tensor:
         if not path.is_file():
             raise PipelineInputError(f"image file {path} does not exist")
         try:
-            image = Image.open(path)
+            image = Image.open(path)  # reads the header only: the size is known before any pixel
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise PipelineInputError(f"image {path} is {image.width}x{image.height}; cogvx reads images of at "
+                                         f"most {MAX_IMAGE_PIXELS:,} pixels (it resizes to {width}x{height} anyway)")
             image.load()
-        except OSError as error:
+        except (OSError, Image.DecompressionBombError) as error:
             raise PipelineInputError(f"cannot read image {path} ({error}); give a PNG or JPEG") from None
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)

@@ -1,9 +1,11 @@
-"""CogVideoX samplers: DDIM and DPM-Solver++(2M) on the v-prediction schedule (SPEC.md section 4).
+"""CogVideoX samplers: DDIM and DPM-Solver++(2M) on the v-prediction schedule.
 
-The schedule is computed in float64 and indexed as 0-dim float64 tensors, exactly as diffusers'
-`CogVideoXDDIMScheduler` / `CogVideoXDPMScheduler` do, so the latents match theirs to the last
-bit of fp32 (the tests check 1e-6). DPM draws its noise from the caller's generator in the
-reference order: once every step, and a second time from the second step on.
+The formulas are in docs/reference.md, 'Schedulers'. The schedule is computed in float64 and
+indexed as 0-dim float64 tensors, exactly as diffusers' `CogVideoXDDIMScheduler` /
+`CogVideoXDPMScheduler` do, so the latents match theirs to the last bit of fp32 (the tests check
+1e-6 of the latents' scale). DPM draws its noise from the caller's generator in the reference
+order: once every step, and a second time on every second-order step (from the second step on,
+except a last step that lands before t = 0).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 import numpy as np
 import torch
 
-from cogvx.modeling.configs import SchedulerConfig
+from cogvx.modeling.configs import ConfigError, SchedulerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ def inference_timesteps(config: SchedulerConfig, num_inference_steps: int) -> to
     """(N,) int64, descending: 'trailing' gives [999, 979, ..., 19] for N = 50."""
     total = config.num_train_timesteps
     if not 1 <= num_inference_steps <= total:
-        raise ValueError(f"steps must be between 1 and {total} (got {num_inference_steps}); 50 is the reference setting")
+        raise ConfigError(f"steps must be between 1 and {total} (got {num_inference_steps}); 50 is the reference setting")
     if total % num_inference_steps:
         logger.warning("%d steps do not divide %d: the previous-timestep stride %d is inexact",
                        num_inference_steps, total, total // num_inference_steps)
@@ -142,4 +144,4 @@ def make_scheduler(name: str, config: SchedulerConfig) -> DDIMScheduler | DPMSch
     try:
         return SCHEDULERS[name](config)
     except KeyError:
-        raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)} (got {name!r})") from None
+        raise ConfigError(f"scheduler must be one of {sorted(SCHEDULERS)} (got {name!r})") from None

@@ -1,4 +1,4 @@
-"""Stages and backends (DESIGN.md seam 4).
+"""Stages and backends: the pipeline's side of the engine contract (docs/architecture.md).
 
 The pipeline sees four stages, each a callable on torch tensors keyed by I/O name:
 
@@ -11,8 +11,10 @@ The pipeline sees four stages, each a callable on torch tensors keyed by I/O nam
 | vae_decoder   | latents (B, C, t, h, w) one chunk, [conv_cache.* of the last]  | frames (B, 3, T, H, W),      |
 |               |                                                               | conv_cache.* for the next    |
 
-A backend (torch modules here; ONNX Runtime sessions and TensorRT engines later) implements any
-subset; each stage may come from a different backend.
+A backend implements any subset and each stage may come from a different one. Torch stages
+(`torch_stages`) call the reference modules and take any shape (`profile` None). Engine stages are
+one `GraphStage` (runtime/graph_stage.py) over a `Runner` per graph: an ONNX Runtime session
+today, a TensorRT execution context next. A new backend is one runner class.
 """
 
 from __future__ import annotations
@@ -23,14 +25,25 @@ from typing import Protocol
 
 import torch
 
-CACHE_PREFIX = "conv_cache."
-STAGE_NAMES = ("text_encoder", "denoiser", "vae_encoder", "vae_decoder")
-
+from cogvx.contract.components import DECODER_CACHE
+from cogvx.contract.shapes import ShapeProfile
+from cogvx.modeling.precision import Precision
 
 class Stage(Protocol):
     name: str
+    profile: ShapeProfile | None  # the shapes the stage accepts; None: any the model can run
+    precision: Precision | None  # an engine's precision; None: torch modules, in the pipeline's dtype
 
     def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+
+class Runner(Protocol):
+    """One graph on one backend: feeds in, outputs out, torch tensors keyed by the graph's names."""
+
+    input_dtypes: dict[str, torch.dtype]  # what the graph declares; the stage casts to it
+    output_names: list[str]
+
+    def __call__(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
 
 
 @dataclass
@@ -40,11 +53,13 @@ class TorchStage:
     name: str
     fn: Callable[..., dict[str, torch.Tensor]]
     required: tuple[str, ...]
+    profile: ShapeProfile | None = None
+    precision: Precision | None = None
 
     def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         missing = [name for name in self.required if name not in inputs]
         if missing:
-            raise ValueError(f"stage {self.name} is missing inputs {missing} (got {sorted(inputs)})")
+            raise TypeError(f"stage {self.name} is missing inputs {missing} (got {sorted(inputs)})")
         with torch.inference_mode():
             return self.fn(**inputs)
 
@@ -71,9 +86,10 @@ def torch_stages(text_encoder=None, transformer=None, vae=None) -> dict[str, Sta
             return {"latent_mean": posterior.mean, "latent_logvar": posterior.logvar}
 
         def decode_chunk(latents, **cache):
-            state = {name.removeprefix(CACHE_PREFIX): t for name, t in cache.items()} or None
+            prefix = DECODER_CACHE.input_prefix
+            state = {name.removeprefix(prefix): t for name, t in cache.items()} or None
             frames, new_state = vae.decode_chunk(latents, state)
-            return {"frames": frames, **{CACHE_PREFIX + name: t for name, t in new_state.items()}}
+            return {"frames": frames, **{prefix + name: t for name, t in new_state.items()}}
 
         stages["vae_encoder"] = TorchStage("vae_encoder", encode_video, ("video",))
         stages["vae_decoder"] = TorchStage("vae_decoder", decode_chunk, ("latents",))

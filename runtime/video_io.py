@@ -8,14 +8,22 @@ output path is checked before any generation work starts (`check_output_path`).
 from __future__ import annotations
 
 import os
+import re
+import tempfile
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
-from cogvx.modeling.checkpoint import atomic_write
+from cogvx.errors import CogvxError
+from cogvx.modeling.checkpoint import atomic_write, staged_directory
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
+FRAME_NAME = re.compile(r"frame_\d{4,}\.png")
+
+
+class VideoIOError(CogvxError):
+    """An output path or a video file that cannot be used; the message says what to give instead."""
 
 
 def check_output_path(path: str | Path) -> Path:
@@ -23,15 +31,30 @@ def check_output_path(path: str | Path) -> Path:
     path = Path(path).expanduser()
     is_folder = path.suffix == "" or str(path).endswith(os.sep)
     if not is_folder and path.suffix.lower() not in VIDEO_SUFFIXES:
-        raise ValueError(f"output {path}: use a .mp4 or .gif file, or a folder for PNG frames")
-    parent = path if is_folder and path.is_dir() else path.parent
+        raise VideoIOError(f"output {path}: use a .mp4 or .gif file, or a folder for PNG frames")
+    parent = path.parent
     if not parent.is_dir():
-        raise ValueError(f"output folder {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK):
-        raise PermissionError(f"output folder {parent} is not writable")
+        raise VideoIOError(f"output folder {parent} does not exist; create it first")
     if path.is_dir() and not is_folder:
-        raise ValueError(f"output {path} is a folder; give a file name such as {path / 'video.mp4'}")
+        raise VideoIOError(f"output {path} is a folder; give a file name such as {path / 'video.mp4'}")
+    if is_folder and path.exists():
+        if not path.is_dir():
+            raise VideoIOError(f"output {path} is a file; give a folder for PNG frames, or a .mp4 / .gif name")
+        others = sorted(p.name for p in path.iterdir() if not FRAME_NAME.fullmatch(p.name))
+        if others:
+            raise VideoIOError(f"output folder {path} holds other files ({', '.join(others[:3])}); PNG frames "
+                               "replace the whole folder, so give an empty or new folder")
+    _probe_writable(parent)
     return path
+
+
+def _probe_writable(folder: Path) -> None:
+    """Write and remove a file: os.access says yes to root on a read-only file system."""
+    try:
+        with tempfile.NamedTemporaryFile(prefix=".cogvx-probe-", dir=folder):
+            pass
+    except OSError as error:
+        raise VideoIOError(f"cannot write in {folder} ({error.strerror or error}); choose another output") from None
 
 
 def _check_frames(frames: np.ndarray) -> np.ndarray:
@@ -76,9 +99,11 @@ def write_video(frames: np.ndarray, path: str | Path, fps: int) -> Path:
         return path
     from PIL import Image
 
-    path.mkdir(exist_ok=True)
-    for index, frame in enumerate(frames):
-        atomic_write(path / f"frame_{index:04d}.png", lambda file, frame=frame: Image.fromarray(frame).save(file, format="PNG"))
+    # a whole folder or none: written beside, then swapped in, so frames of an earlier video never
+    # mix with these, and a full disk leaves the earlier folder as it was
+    with staged_directory(path) as staging:
+        for index, frame in enumerate(frames):
+            Image.fromarray(frame).save(staging / f"frame_{index:04d}.png", format="PNG")
     return path
 
 
@@ -95,5 +120,5 @@ def read_video(path: str | Path) -> tuple[np.ndarray, float]:
             frames = np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(stream)])
             rate = stream.average_rate or stream.guessed_rate
     except (av.error.InvalidDataError, IndexError, ValueError) as error:
-        raise ValueError(f"cannot decode video {path} ({error})") from None
+        raise VideoIOError(f"cannot decode video {path} ({error})") from None
     return frames, float(rate) if rate else 0.0

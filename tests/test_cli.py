@@ -48,12 +48,18 @@ def test_demo_runs_the_default_model(runner, tmp_path):
 @pytest.mark.parametrize("arguments,message", [
     (["--frames", "8"], "frames must be 4k+1 (got 8); try 5 or 9"),
     (["--height", "50"], "height must be a positive multiple of 16 (got 50); try 48"),
-    (["--steps", "0"], "steps must be at least 1"),
-    (["--guidance", "-2"], "guidance must be >= 0"),
-    (["--image", "missing.png"], "text-to-video model and takes no image"),
+    (["--steps", "0"], "steps must be between 1 and 1000 (got 0)"),
+    (["--guidance", "-2"], "guidance must be a finite number >= 0 (got -2.0)"),
+    (["--image", "missing.png"], "--image missing.png: no such file"),
+    (["--image", "IMAGE"], "text-to-video model and takes no image"),
     (["--model", "/nonexistent/ckpt"], "no such folder"),
 ])
-def test_bad_input_is_one_line_and_exit_2(runner, tmp_path, arguments, message):
+def test_bad_input_is_one_line_and_exit_2(runner, tmp_path, tmp_path_factory, arguments, message):
+    from PIL import Image
+
+    image = tmp_path_factory.mktemp("image") / "frame.png"
+    Image.new("RGB", (64, 64)).save(image)
+    arguments = [str(image) if a == "IMAGE" else a for a in arguments]
     out = tmp_path / "never.mp4"
     result = runner.invoke(main, ["generate", "--prompt", "a red square", "--steps", "1", "--out", str(out),
                                   *arguments])

@@ -1,7 +1,12 @@
-"""`cogvx train vae|transformer --config run.toml`: the training commands (the CLI talks, the trainers log).
+"""`cogvx train vae|transformer|toy`: the training commands (the CLI talks, the trainers log).
 
 Several processes: `torchrun --nproc_per_node N $(which cogvx) train transformer --config run.toml`
 (each process reads the same config; rank 0 writes checkpoints, the log and the summary).
+
+As in every cogvx command, an error the user can fix (a `CogvxError`, or a file that is missing,
+exists already or cannot be opened) is one line `error: ...` on stderr and exit code 2; anything
+else is a bug in cogvx and keeps its traceback. The progress bars are drawn here (`BarProgress`),
+the trainers only report to it.
 """
 
 from __future__ import annotations
@@ -11,6 +16,18 @@ import os
 from pathlib import Path
 
 import click
+
+from cogvx.progress import BarProgress, Progress
+from cogvx.training.config import PRECISIONS, STRATEGIES
+
+def user_errors(progress: Progress | None = None):
+    from cogvx.cli import user_errors  # cogvx.cli imports this module: import it when a command runs
+
+    return user_errors(progress)
+
+
+def _bars(no_progress: bool) -> Progress | None:
+    return None if no_progress else BarProgress()
 
 
 def _options(function):
@@ -25,8 +42,9 @@ def _options(function):
         click.option("--batch-size", type=int, help="Override batch_size (per rank)."),
         click.option("--seed", type=int, help="Override seed."),
         click.option("--device", help="Override device: auto, cpu, cuda."),
-        click.option("--strategy", type=click.Choice(["ddp", "fsdp2"]), help="Override the data-parallel strategy."),
-        click.option("--precision", type=click.Choice(["fp32", "bf16"]), help="Override precision."),
+        click.option("--strategy", type=click.Choice(STRATEGIES), help="Override the data-parallel strategy."),
+        click.option("--precision", type=click.Choice([p.value for p in PRECISIONS]),
+                     help="Override precision (float16 overflows in 5B training)."),
         click.option("--stop-at-step", type=int, help="Leave after this global step (resume later with --resume latest)."),
         click.option("--no-progress", is_flag=True, help="No progress bar."),
     ]
@@ -36,6 +54,7 @@ def _options(function):
 
 
 def _load(config_path: str, output_dir, checkpoint, data_folder, data_cache, **top_level):
+    """The run file with the command line's overrides, checked; a TrainConfigError names the file."""
     from cogvx.training.config import TrainConfigError, config_from_dict, read_config_file
 
     try:
@@ -49,12 +68,13 @@ def _load(config_path: str, output_dir, checkpoint, data_folder, data_cache, **t
         data.update({k: v for k, v in top_level.items() if v is not None})
         config = config_from_dict(data)
     except TrainConfigError as error:
-        raise click.UsageError(f"{config_path}: {error}") from None
+        message = str(error)
+        raise TrainConfigError(message if str(config_path) in message else f"{config_path}: {message}") from None
     model_checkpoint = config.model.checkpoint
     if model_checkpoint is not None and not Path(model_checkpoint).is_dir():
         if model_checkpoint != "toy":
-            raise click.UsageError(f"[model] checkpoint {model_checkpoint} is not a folder; give a diffusers model folder "
-                                   "(model_index.json, transformer/, vae/, ...) or 'toy'")
+            raise TrainConfigError(f"[model] checkpoint {model_checkpoint} is not a folder; give a diffusers model "
+                                   "folder (model_index.json, transformer/, vae/, ...) or 'toy'")
         from cogvx.models import resolve_model
 
         config = config.replace(model=dataclasses.replace(config.model, checkpoint=str(resolve_model("toy"))))
@@ -62,16 +82,10 @@ def _load(config_path: str, output_dir, checkpoint, data_folder, data_cache, **t
 
 
 def _run(trainer_class, config_path, resume, no_progress, **overrides) -> None:
-    from cogvx.modeling.checkpoint import CheckpointError
-    from cogvx.modeling.configs import ConfigError
-    from cogvx.training.checkpoints import ResumeError
-
-    config = _load(config_path, **overrides)
-    try:
-        trainer = trainer_class(config, resume=resume, show_progress=not no_progress)
-        result = trainer.fit()
-    except (ResumeError, ConfigError, CheckpointError, FileNotFoundError, ValueError) as error:
-        raise click.ClickException(str(error)) from None
+    progress = _bars(no_progress)
+    with user_errors(progress):
+        config = _load(config_path, **overrides)
+        result = trainer_class(config, resume=resume, progress=progress).fit()
     if int(os.environ.get("RANK", "0")) != 0:
         return
     final = f"{result.losses[-1]:.5f}" if result.losses else "-"
@@ -129,11 +143,10 @@ def train_toy(work, out, clips, vae_steps, transformer_steps, seed, no_eval, no_
 
     changes = {"train_clips": clips, "vae_steps": vae_steps, "transformer_steps": transformer_steps, "seed": seed}
     recipe = ToyRecipe().replace(**{k: v for k, v in changes.items() if v is not None})
-    try:
-        model = build_toy(work, out, recipe, progress=not no_progress, evaluate=not no_eval,
+    progress = _bars(no_progress)
+    with user_errors(progress):
+        model = build_toy(work, out, recipe, progress=progress, evaluate=not no_eval,
                           say=lambda message: click.echo(message, err=True))
-    except (FileExistsError, ValueError) as error:
-        raise click.ClickException(str(error)) from None
     click.echo(f"model   {model}")
     if not no_eval:
         click.echo(f"report  {Path(work) / 'report' / 'report.md'}")

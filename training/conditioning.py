@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from .config import TrainConfigError
+
 logger = logging.getLogger(__name__)
 
 
@@ -40,7 +42,7 @@ class Conditioning:
         directory = Path(directory)
         missing = [name for name in ("vae", "text_encoder", "tokenizer") if not (directory / name).is_dir()]
         if missing:
-            raise FileNotFoundError(
+            raise TrainConfigError(
                 f"{directory} has no {', '.join(missing)}/: encoding videos needs the VAE and the text encoder "
                 "of a diffusers model folder; point [model] checkpoint at one, or train from a latent cache"
             )
@@ -58,7 +60,7 @@ class Conditioning:
         if all("latents" in item for item in items):
             return [item["latents"].to(self.device, torch.float32) for item in items]
         if self.vae is None:
-            raise ValueError("the data holds videos but this run has no VAE to encode them; set [model] checkpoint "
+            raise TrainConfigError("the data holds videos but this run has no VAE to encode them; set [model] checkpoint "
                              "to a diffusers model folder (it provides vae/) or train from a latent cache")
         videos = [item["video"].to(self.device, torch.float32) for item in items]
         same_shape = all(v.shape == videos[0].shape for v in videos)
@@ -75,7 +77,7 @@ class Conditioning:
         if all("text_embeddings" in item for item in items):
             return torch.stack([item["text_embeddings"] for item in items]).to(self.device, torch.float32)
         if self.text_encoder is None:
-            raise ValueError("the data holds captions but this run has no text encoder; set [model] checkpoint "
+            raise TrainConfigError("the data holds captions but this run has no text encoder; set [model] checkpoint "
                              "to a diffusers model folder (text_encoder/, tokenizer/) or train from a latent cache")
         return self.text_encoder.encode_prompt([item["caption"] for item in items]).to(self.device, torch.float32)
 

@@ -25,12 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cogvx.errors import CogvxError
+from cogvx.progress import Progress, or_silent
+
 logger = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif"}
 
 
-class DataError(ValueError):
+class DataError(CogvxError):
     """A data set that cannot be used as given; the message says what to fix."""
 
 
@@ -74,7 +77,7 @@ def read_first_frames(path: Path, count: int) -> np.ndarray:
             if len(frames) == count:
                 break
     if not frames:
-        raise ValueError(f"{path} has no decodable frame")
+        raise DataError(f"{path} has no decodable frame; re-encode it or remove it from the folder")
     return np.stack(frames)
 
 
@@ -144,7 +147,7 @@ class VideoFolder(torch.utils.data.Dataset):
 
 
 def cache_latents(dataset, vae, text_encoder, folder: str | Path, generator: torch.Generator | None = None,
-                  progress: bool = False) -> Path:
+                  progress: Progress | None = None) -> Path:
     """Encode every item once (a posterior sample, scaled) with its caption's text embedding.
 
     The folder is filled under a temporary name and renamed when every clip is in, so an interrupted
@@ -157,18 +160,22 @@ def cache_latents(dataset, vae, text_encoder, folder: str | Path, generator: tor
     folder = Path(folder)
     if folder.exists():
         raise FileExistsError(f"{folder} exists; choose a new folder for the latent cache or delete the old one")
-    from tqdm import tqdm
-
     scale = vae.config.scaling_factor
-    with staged_directory(folder) as staging:
-        for index in tqdm(range(len(dataset)), desc="cache latents", unit="clip", disable=not progress):
-            item = dataset[index]
-            with torch.no_grad():
-                latents = vae.encode(item["video"][None]).sample(generator)[0] * scale  # (C, F, h, w)
-                text = text_encoder.encode_prompt([item["caption"]])[0]  # (L, Dt)
-            tensors = {"latents": latents.permute(1, 0, 2, 3).contiguous(),  # (F, C, h, w)
-                       "text_embeddings": text.contiguous()}
-            save_file(tensors, str(staging / f"{index:06d}.safetensors"), {"caption": item["caption"]})
+    progress = or_silent(progress)
+    progress.start("cache latents", len(dataset), unit="clip")
+    try:
+        with staged_directory(folder) as staging:
+            for index in range(len(dataset)):
+                item = dataset[index]
+                with torch.no_grad():
+                    latents = vae.encode(item["video"][None]).sample(generator)[0] * scale  # (C, F, h, w)
+                    text = text_encoder.encode_prompt([item["caption"]])[0]  # (L, Dt)
+                tensors = {"latents": latents.permute(1, 0, 2, 3).contiguous(),  # (F, C, h, w)
+                           "text_embeddings": text.contiguous()}
+                save_file(tensors, str(staging / f"{index:06d}.safetensors"), {"caption": item["caption"]})
+                progress.update(1)
+    finally:
+        progress.close()
     logger.info("cached %d clips' latents and text embeddings in %s", len(dataset), folder)
     return folder
 

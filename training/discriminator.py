@@ -1,4 +1,5 @@
-"""A small 3D PatchGAN discriminator for VAE training (the GAN term late in training, SPEC.md section 6).
+"""A small 3D PatchGAN discriminator for VAE training (the GAN term late in training; see docs/reference.md,
+'Training recipes').
 
 Letters: B batch, T frames, H, W video size; T', H', W' the patch grid of the logits.
 

@@ -26,6 +26,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from .config import TrainConfigError
+
 logger = logging.getLogger(__name__)
 
 
@@ -54,9 +56,12 @@ def pick_device(name: str, local_rank: int) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' asked for but CUDA is not available; use device = 'cpu' or 'auto'")
+            raise TrainConfigError("device 'cuda' asked for but CUDA is not available; use device = 'cpu' or 'auto'")
         return torch.device("cuda", local_rank)
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:  # torch's message lists every device type; say what a run file takes
+        raise TrainConfigError(f"device {name!r} is not a torch device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
 
 
 def init_distributed(device: str = "auto") -> DistributedContext:

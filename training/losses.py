@@ -6,10 +6,10 @@ size; L text tokens, Dt text width.
 Per-sample losses are means over a sample's elements, so weights do not depend on the clip size;
 the batch loss is the mean over samples (a packed batch averages its clips the same way).
 
-Transformer (SPEC.md sections 4 and 6): x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise on the
-CogVideoX schedule (SNR shift, zero terminal SNR); the target is the velocity
-v = sqrt(abar_t) noise - sqrt(1 - abar_t) x0. MSE on v equals the x0-MSE weighted by
-1 / (1 - abar_t). For classifier-free guidance the text of a sample is replaced by the
+Transformer (see docs/reference.md, 'Schedulers' and 'Training recipes'):
+x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise on the CogVideoX schedule (SNR shift, zero terminal
+SNR); the target is the velocity v = sqrt(abar_t) noise - sqrt(1 - abar_t) x0. MSE on v equals
+the x0-MSE weighted by 1 / (1 - abar_t). For classifier-free guidance the text of a sample is replaced by the
 empty-prompt embedding with probability `text_dropout` (10 %).
 
 VAE perceptual term: LPIPS-style distance on VGG16 features read from a user-supplied torchvision
@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .config import TrainConfigError
 from .discriminator import PatchDiscriminator3D, hinge_discriminator_loss, hinge_generator_loss
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 def _load_weights_file(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist; give the path of a torchvision VGG16 "
+        raise TrainConfigError(f"weights file {path} does not exist; give the path of a torchvision VGG16 "
                                 "state dict (vgg16-397923af.pth) or leave perceptual weights unset")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -114,7 +115,7 @@ class PerceptualLoss(nn.Module):
         features = {k: v for k, v in state.items() if k.startswith("features.")}
         missing = sorted(set(self.vgg.state_dict()) - set(features))
         if missing:
-            raise ValueError(
+            raise TrainConfigError(
                 f"{vgg16_weights} is not a torchvision VGG16 state dict: missing {missing[:4]}"
                 f"{' ...' if len(missing) > 4 else ''}; download vgg16-397923af.pth or convert your weights "
                 "to torchvision's `features.N.weight` names"
@@ -127,12 +128,14 @@ class PerceptualLoss(nn.Module):
             try:
                 weights = [lin[f"lin{k}.model.1.weight"].reshape(-1) for k in range(5)]
             except KeyError as error:
-                raise ValueError(f"{lpips_weights} has no LPIPS linear weight {error}; expected lin0..lin4") from None
+                raise TrainConfigError(f"{lpips_weights} has no LPIPS linear weight {error}; "
+                                       "expected lin0..lin4") from None
         else:
             weights = [torch.full((width,), 1.0 / width) for width in tap_widths]
         for k, w in enumerate(weights):
             if w.numel() != tap_widths[k]:
-                raise ValueError(f"LPIPS weight lin{k} has {w.numel()} channels; VGG16 tap {k} has {tap_widths[k]}")
+                raise TrainConfigError(f"LPIPS weight lin{k} has {w.numel()} channels; VGG16 tap {k} has "
+                                       f"{tap_widths[k]}")
             self.register_buffer(f"channel_weight_{k}", w.float(), persistent=False)
         self.register_buffer("shift", torch.tensor(LPIPS_SHIFT)[None, :, None, None], persistent=False)
         self.register_buffer("scale", torch.tensor(LPIPS_SCALE)[None, :, None, None], persistent=False)

@@ -7,9 +7,11 @@ A row is laid out [text_1 ; ... ; text_K ; vision_1 ; ... ; vision_K]: the trans
 see one text part and one vision part, as always. `segment_ids` (B, L + V) names the clip of
 every token (-1 for padding); through the attention seam it confines attention to each clip, and
 the blocks use it to modulate every token by its own clip's timestep embedding. RoPE tables are
-each clip's own, concatenated, so positions stay relative within a clip (SPEC.md section 6).
+each clip's own, concatenated, so positions stay relative within a clip (see docs/reference.md,
+'Training recipes').
 
-A packed forward gives each clip the velocity it would get alone (tests check 1e-5 in fp32).
+A packed forward gives each clip the loss and gradients it would get alone (the tests check 1e-5 of
+the scale in fp32).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from cogvx.modeling.positions import PositionTables
 from cogvx.modeling.transformer import CogVideoXTransformer, unpatchify
 
+from .config import TrainConfigError
 from .losses import v_prediction_loss, v_prediction_pair
 
 logger = logging.getLogger(__name__)
@@ -47,7 +50,7 @@ def plan_packs(token_counts: list[int], max_tokens: int) -> list[list[int]]:
     """Clip indices grouped into rows of at most `max_tokens` tokens (first fit, longest first)."""
     too_long = [n for n in token_counts if n > max_tokens]
     if too_long:
-        raise ValueError(
+        raise TrainConfigError(
             f"a clip needs {max(too_long)} tokens, more than pack_tokens={max_tokens}; raise pack_tokens "
             "or train that resolution without packing"
         )
@@ -78,7 +81,8 @@ def _segment_ids(lengths: list[int], total: int) -> torch.Tensor:
 def packed_forward(model: CogVideoXTransformer, rows: list[list[PackClip]]) -> list[list[torch.Tensor]]:
     """Velocity of every clip, computed with each row as one sequence: rows of clips -> rows of (F, C, h, w)."""
     if model.config.positions == "rope+learned":
-        raise ValueError("the 5B-I2V's learned positions cover one fixed shape; frame packing needs a RoPE or sincos model")
+        raise TrainConfigError("the 5B-I2V's learned positions cover one fixed shape; frame packing needs a RoPE or "
+                               "sincos model: unset pack_tokens")
     embedded = []  # per row: per clip (vision (V_k, D), text (L_k, D), emb (E,), cos, sin)
     for row in rows:
         if not row:

@@ -1,9 +1,9 @@
 """What each rank draws: diffusion timesteps (explicit uniform sampling) and the order of the data.
 
-Explicit uniform sampling (SPEC.md section 6): with R data-parallel ranks, [0, T) is split into R
-equal intervals and rank r draws its integer timesteps only from [r*T/R, (r+1)*T/R), so every
-global batch covers the whole range and the loss is smoother. Switched off, every rank draws
-uniformly from [0, T).
+Explicit uniform sampling (see docs/reference.md, 'Training recipes'): with R data-parallel
+ranks, [0, T) is split into R equal intervals and rank r draws its integer timesteps only from
+[r*T/R, (r+1)*T/R), so every global batch covers the whole range and the loss is smoother.
+Switched off, every rank draws uniformly from [0, T).
 
 Both samplers are pure functions of their own state (a seeded generator, an epoch and a batch
 position), so `state_dict()` / `load_state_dict()` resume them exactly.
@@ -12,7 +12,10 @@ position), so `state_dict()` / `load_state_dict()` resume them exactly.
 from __future__ import annotations
 
 import logging
+
 import torch
+
+from .config import TrainConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +31,7 @@ class TimestepSampler:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}) (got {rank})")
         if explicit_uniform and world_size > num_train_timesteps:
-            raise ValueError(
+            raise TrainConfigError(
                 f"explicit uniform sampling gives each of {world_size} ranks an interval of "
                 f"{num_train_timesteps} timesteps, which is too few; switch explicit_uniform off"
             )
@@ -76,7 +79,7 @@ class ShardedBatchSampler:
     def __init__(self, dataset_size: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0):
         self.batches_per_epoch = dataset_size // (batch_size * world_size)
         if self.batches_per_epoch == 0:
-            raise ValueError(
+            raise TrainConfigError(
                 f"{dataset_size} clips cannot fill one batch of {batch_size} on each of {world_size} ranks; "
                 "use more data or a smaller batch_size"
             )

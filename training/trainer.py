@@ -9,11 +9,16 @@ losses the uninterrupted run would have logged.
 The module that DDP / FSDP2 wraps is a small adapter whose forward computes the loss
 (`DenoiserLoss`, `VAEReconstruction`); checkpoints strip its prefix, so the weights are the plain
 component in the diffusers layout.
+
+A NaN or infinite loss or gradient norm stops the run (`TrainingDivergedError`, naming the trainer,
+the stage and the global step) before the optimizer applies it and before any checkpoint is written:
+the checkpoints on disk only ever hold finite weights, and the newest one is where to resume from.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,16 +27,19 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from cogvx.errors import CogvxError
 from cogvx.modeling.checkpoint import read_state_dict
 from cogvx.modeling.configs import SchedulerConfig, get_preset
+from cogvx.modeling.precision import Precision
 from cogvx.modeling.transformer import CogVideoXTransformer
 from cogvx.modeling.vae import CogVideoXVAE
+from cogvx.progress import Progress, or_silent
 from cogvx.runtime.schedulers import DDIMScheduler
 
 from . import checkpoints as ckpt
 from . import distributed as dist_utils
 from .conditioning import Conditioning
-from .config import Stage, TrainConfig
+from .config import Stage, TrainConfig, TrainConfigError
 from .discriminator import PatchDiscriminator3D
 from .loss_log import CURVE_FILE, LossLog, plot_loss_curve
 from .losses import PerceptualLoss, VAELoss, drop_text, transformer_loss
@@ -41,6 +49,10 @@ from .sampling import ShardedBatchSampler, TimestepSampler
 logger = logging.getLogger(__name__)
 
 DatasetFactory = Callable[[Stage], torch.utils.data.Dataset]
+
+
+class TrainingDivergedError(CogvxError):
+    """A NaN or infinite loss or gradient norm: the run stops before it writes a checkpoint of such weights."""
 
 
 @dataclass
@@ -62,10 +74,17 @@ def _component_dir(checkpoint: str | Path, component: str) -> Path:
     return path / component if (path / component / "config.json").is_file() else path
 
 
+def _scalar(norm: torch.Tensor) -> float:
+    """A gradient norm as a float (FSDP2 returns it as a DTensor: its full value)."""
+    if hasattr(norm, "full_tensor"):
+        norm = norm.full_tensor()
+    return float(norm)
+
+
 def default_dataset(config: TrainConfig, stage: Stage) -> torch.utils.data.Dataset:
     """The dataset [data] names, at the stage's clip size (cogvx.training.data's folder dataset or latent cache)."""
     if not (config.data.cache or config.data.folder):
-        raise ValueError("[data] is empty: set folder (videos with captions) or cache (a latent cache)")
+        raise TrainConfigError("[data] is empty: set folder (videos with captions) or cache (a latent cache)")
     try:
         from . import data
 
@@ -83,16 +102,18 @@ class Trainer:
     component: ClassVar[str] = ""
 
     def __init__(self, config: TrainConfig, dataset_factory: DatasetFactory | None = None,
-                 resume: str | Path | None = None, show_progress: bool = False):
+                 resume: str | Path | None = None, progress: Progress | None = None):
         self.config = config
         self.context = dist_utils.init_distributed(config.device)
         self.dataset_factory = dataset_factory or (lambda stage: default_dataset(config, stage))
         self.resume = resume
-        self.show_progress = show_progress
+        self.progress = progress  # None: silent; only rank 0 reports
         self.output_dir = Path(config.output_dir)
         rank, seed = self.context.rank, config.seed
         self.noise_generator = torch.Generator().manual_seed(seed * 1_000_003 + 7919 * (rank + 1))
         self.history: list[dict] = []
+        self.newest_checkpoint: Path | None = None  # the last one written or resumed from (for the error's advice)
+        self.position: tuple[int, int, int] = (0, 0, 0)  # (global step being made, stage, its step), 1-based steps
 
     # -- to be defined by each trainer ------------------------------------------------------------
 
@@ -139,46 +160,45 @@ class Trainer:
             log.truncate(step)
         dist_utils.barrier(context)
 
-        progress = None
-        if self.show_progress and context.is_main:
-            from tqdm import tqdm
-
-            progress = tqdm(total=config.total_steps, initial=step, desc=f"train {self.component}", unit="step")
+        progress = or_silent(self.progress if context.is_main else None)
+        progress.start(f"train {self.component}", config.total_steps, done=step, unit="step")
         losses, last_saved, stopped = [], None, False
-        for index in range(stage_index, len(config.stages)):
-            stage = config.stages[index]
-            start = stage_step if index == stage_index else 0
-            if start >= stage.steps:
-                continue
-            dataset = self.dataset_factory(stage)
-            self.sampler = ShardedBatchSampler(len(dataset), config.batch_size, context.rank, context.world_size,
-                                               seed=config.seed + 1009 * index)
-            if index == stage_index and data_state is not None:
-                self.sampler.load_state_dict(data_state)
-            for stage_step in range(start, stage.steps):
-                lr = stage.lr * min(1.0, (stage_step + 1) / stage.warmup_steps) if stage.warmup_steps else stage.lr
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                items = [dataset[i] for i in self.sampler.next_batch()]
-                loss, parts = self.train_step(items, step)
-                step += 1
-                loss = dist_utils.mean_across_ranks(loss, context)
-                losses.append(loss)
-                if step % config.log_every == 0:
-                    parts = {k: dist_utils.mean_across_ranks(v, context) for k, v in sorted(parts.items())}
-                    if context.is_main:
-                        log.append({"step": step, "stage": index, "loss": loss, "lr": lr, **parts})
-                if progress is not None:
-                    progress.update(1)
-                    progress.set_postfix(loss=f"{loss:.4f}", stage=index)
-                stopped = config.stop_at_step is not None and step >= config.stop_at_step
-                if step % config.save_every == 0 or stage_step + 1 == stage.steps or stopped:
-                    last_saved = self._save(step, index, stage_step + 1)
+        self.newest_checkpoint = resume_from
+        try:
+            for index in range(stage_index, len(config.stages)):
+                stage = config.stages[index]
+                start = stage_step if index == stage_index else 0
+                if start >= stage.steps:
+                    continue
+                dataset = self.dataset_factory(stage)
+                self.sampler = ShardedBatchSampler(len(dataset), config.batch_size, context.rank, context.world_size,
+                                                   seed=config.seed + 1009 * index)
+                if index == stage_index and data_state is not None:
+                    self.sampler.load_state_dict(data_state)
+                for stage_step in range(start, stage.steps):
+                    lr = stage.lr * min(1.0, (stage_step + 1) / stage.warmup_steps) if stage.warmup_steps else stage.lr
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
+                    items = [dataset[i] for i in self.sampler.next_batch()]
+                    self.position = (step + 1, index, stage_step + 1)
+                    loss, parts = self.train_step(items, step)
+                    step += 1
+                    loss = dist_utils.mean_across_ranks(loss, context)  # the same on every rank: all stop together
+                    self.check_finite("loss", loss)
+                    losses.append(loss)
+                    if step % config.log_every == 0:
+                        parts = {k: dist_utils.mean_across_ranks(v, context) for k, v in sorted(parts.items())}
+                        if context.is_main:
+                            log.append({"step": step, "stage": index, "loss": loss, "lr": lr, **parts})
+                    progress.update(1, f"loss={loss:.4f}, stage={index}")
+                    stopped = config.stop_at_step is not None and step >= config.stop_at_step
+                    if step % config.save_every == 0 or stage_step + 1 == stage.steps or stopped:
+                        last_saved = self.newest_checkpoint = self._save(step, index, stage_step + 1)
+                    if stopped:
+                        break
                 if stopped:
                     break
-            if stopped:
-                break
-        if progress is not None:
+        finally:
             progress.close()
         curve = None
         if context.is_main and log.path.is_file():
@@ -237,14 +257,56 @@ class Trainer:
         return state["step"], state["stage"], state["stage_step"], mine["data"]
 
     def autocast(self):
-        return torch.autocast(self.context.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
+        precision = self.config.precision  # fp32: autocast off; bf16: matmuls and convs in bfloat16
+        return torch.autocast(self.context.device.type, dtype=precision.torch_dtype,
+                              enabled=precision != Precision.FP32)
 
     def clip_and_step(self, loss: torch.Tensor) -> None:
+        """Backward, clip, step; a NaN / inf gradient norm stops the run before the optimizer applies it."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.config.optimizer.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.config.optimizer.grad_clip)
+        self.check_gradients(self.module, loss, "", self.config.optimizer.grad_clip)
         self.optimizer.step()
+
+    def check_gradients(self, module: nn.Module, loss: torch.Tensor, whose: str, clip: float | None = None) -> None:
+        """Clip `module`'s gradients to norm `clip` (None: measure only); stop on a NaN / inf norm, saying
+        whether the loss itself was not finite.
+
+        The norm is over the gradients after DDP's all-reduce (FSDP2: over all shards), so every rank
+        sees the same number and all stop together (a NaN loss on one rank makes every rank's norm NaN).
+        """
+        params = [p for p in module.parameters() if p.grad is not None]
+        if clip is not None:
+            norm = _scalar(torch.nn.utils.clip_grad_norm_(params, clip))
+        else:
+            norm = _scalar(torch.nn.utils.get_total_norm([p.grad for p in params]))
+        if math.isfinite(norm):
+            return
+        value = float(loss.detach())
+        raise self.diverged(f"{whose}loss", value) if not math.isfinite(value) \
+            else self.diverged(f"{whose}gradient norm", norm)
+
+    def check_finite(self, what: str, value: float) -> None:
+        if not math.isfinite(value):
+            raise self.diverged(what, value)
+
+    def diverged(self, what: str, value: float) -> TrainingDivergedError:
+        """The error for a NaN / inf `what` at the current step: trainer, global step, stage, what to do."""
+        step, index, stage_step = self.position
+        stage = self.config.stages[index]
+        named = f" {stage.name!r}" if stage.name else ""
+        advice = "lower the lr" + ("" if self.config.optimizer.grad_clip is not None else " or set optimizer.grad_clip")
+        newest = self.newest_checkpoint
+        if newest is not None:
+            latest = ckpt.list_checkpoints(self.output_dir)[-1:] == [newest]
+            advice = (f"{newest} is the newest checkpoint (finite weights): {advice} and continue from it with "
+                      f"--resume {'latest' if latest else newest}")
+        else:
+            advice = f"no checkpoint was written yet: {advice} and start again"
+        return TrainingDivergedError(
+            f"{type(self).__name__} diverged at global step {step} (stage {index}{named}, step {stage_step} of "
+            f"{stage.steps}, lr {stage.lr:g}): the {what} is {value}; nothing of this step was saved, {advice}"
+        )
 
 
 # -- transformer ----------------------------------------------------------------------------------
@@ -262,20 +324,20 @@ class DenoiserLoss(nn.Module):
         if rows is not None:
             return packed_loss(self.transformer, self.schedule, latents, list(text_embeds), timesteps, noise, rows)
         if any(x.shape != latents[0].shape for x in latents):
-            raise ValueError("clips of one batch differ in shape; set pack_tokens to pack them, or batch by size")
+            raise TrainConfigError("clips of one batch differ in shape; set pack_tokens to pack them, or batch by size")
         return transformer_loss(self.transformer, self.schedule, torch.stack(latents), text_embeds, timesteps,
                                 torch.stack(noise))
 
 
 class TransformerTrainer(Trainer):
-    """v-prediction training of the expert transformer (SPEC.md section 6)."""
+    """v-prediction training of the expert transformer (see docs/reference.md, 'Training recipes')."""
 
     component = "transformer"
 
     def __init__(self, config: TrainConfig, dataset_factory: DatasetFactory | None = None,
-                 resume: str | Path | None = None, show_progress: bool = False,
+                 resume: str | Path | None = None, progress: Progress | None = None,
                  conditioning: Conditioning | None = None):
-        super().__init__(config, dataset_factory, resume, show_progress)
+        super().__init__(config, dataset_factory, resume, progress)
         rank, world = self.context.rank, self.context.world_size
         self.dropout_generator = torch.Generator().manual_seed(config.seed * 1_000_003 + 104729 * (rank + 1))
         self.timesteps = TimestepSampler(1000, rank, world, config.explicit_uniform, config.seed)
@@ -299,8 +361,8 @@ class TransformerTrainer(Trainer):
         else:
             transformer = CogVideoXTransformer.from_pretrained(_component_dir(model.checkpoint, "transformer"))
         if transformer.config.in_channels != transformer.config.out_channels:
-            raise ValueError("image-to-video transformers (latent + image channels) cannot be trained here yet; "
-                             "train the text-to-video variant")
+            raise TrainConfigError("image-to-video transformers (latent + image channels) cannot be trained here yet; "
+                                   "train the text-to-video variant")
         transformer.gradient_checkpointing = self.config.gradient_checkpointing
         if self.conditioning is None:
             device = self.context.device
@@ -354,13 +416,13 @@ class VAETrainer(Trainer):
     component = "vae"
 
     def __init__(self, config: TrainConfig, dataset_factory: DatasetFactory | None = None,
-                 resume: str | Path | None = None, show_progress: bool = False):
+                 resume: str | Path | None = None, progress: Progress | None = None):
         for k, stage in enumerate(config.stages):
             # An even latent frame count decodes to 4x frames, not 4(n-1)+1: the clip would not round-trip.
             if stage.frames > 1 and ((stage.frames - 1) // 4) % 2:
-                raise ValueError(f"stages[{k}]: VAE training needs frames 8k+1 (got {stage.frames}): an even number "
-                                 f"of latent frames decodes to another length; try {stage.frames + 4}")
-        super().__init__(config, dataset_factory, resume, show_progress)
+                raise TrainConfigError(f"stages[{k}]: VAE training needs frames 8k+1 (got {stage.frames}): an even "
+                                       f"number of latent frames decodes to another length; try {stage.frames + 4}")
+        super().__init__(config, dataset_factory, resume, progress)
 
     def build_model(self) -> CogVideoXVAE:
         model, losses = self.config.model, self.config.vae_loss
@@ -414,6 +476,7 @@ class VAETrainer(Trainer):
             d_loss, d_parts = self.loss.discriminator_loss(video, reconstruction.float())
             d_loss.backward()
             dist_utils.average_gradients(self.loss.discriminator, self.context)
+            self.check_gradients(self.loss.discriminator, d_loss, "discriminator ")
             self.discriminator_optimizer.step()
             parts.update(d_parts)
         return loss.item(), parts

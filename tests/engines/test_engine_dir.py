@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import errno
+import json
 import shutil
 
 import onnx
 import pytest
 
+from cogvx.contract.manifest import EngineDirectoryError, Manifest, file_sha256, folder_fingerprint
+from cogvx.contract.shapes import ProfileError, ShapeProfile, ShapeSpec, parse_profile
 from cogvx.engines.export_dir import export_engines
-from cogvx.engines.manifest import EngineDirectoryError, Manifest, file_sha256, folder_fingerprint
-from cogvx.export.profiles import ProfileError, ShapeProfile, ShapeSpec, parse_profile
 from cogvx.modeling.configs import TransformerConfig
 from cogvx.runtime.onnxruntime_backend import onnxruntime_stages
+from cogvx.runtime.pipeline import CogVideoXPipeline
 
 SPEC = ShapeSpec(batch=1, frames=9, height=64, width=64, text_len=7)  # the tiny models read 7 tokens
 
@@ -36,8 +38,12 @@ def test_manifest_records_what_was_built(engines):
         assert ShapeProfile.from_dict(record.profile) == ShapeProfile.static(SPEC)
     assert manifest.stages["text_encoder"].dtype == "fp32" and manifest.opset == 20
     assert manifest.configs["transformer"] == TransformerConfig.from_file(checkpoint / "transformer").to_dict()
-    assert set(manifest.sources) == {"text_encoder", "transformer"}
+    # every folder of the checkpoint is fingerprinted: the directory belongs to this one checkpoint
+    assert manifest.sources == {folder: folder_fingerprint(checkpoint / folder)
+                                for folder in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")}
     assert (out / "tokenizer").is_dir()  # the engine directory runs without the checkpoint
+    tokenizer_files = [name for name in manifest.stages["text_encoder"].files if name.startswith("tokenizer/")]
+    assert tokenizer_files and all((out / name).is_file() for name in tokenizer_files)  # hashed like the graphs
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # nothing temporary left
 
 
@@ -74,7 +80,72 @@ def test_another_models_engines_are_refused_unless_forced(engines, tiny_checkpoi
     manifest = Manifest.load(copy)
     assert set(manifest.stages) == {"transformer"} and not (copy / "text_encoder.onnx").exists()
     assert manifest.configs["transformer"] == TransformerConfig.from_file(other / "transformer").to_dict()
-    assert manifest.sources == {"transformer": folder_fingerprint(other / "transformer")}
+    assert manifest.sources["transformer"] == folder_fingerprint(other / "transformer")
+
+
+def test_a_directory_holds_one_checkpoint(engines, tiny_checkpoint, tmp_path):
+    """Another checkpoint of the same architecture (other weights) cannot add its components, and a
+    --model beside the engines must be the checkpoint they came from (weights, not only configs)."""
+    checkpoint, out, _ = engines
+    copy, other = tmp_path / "engines", tmp_path / "other"
+    shutil.copytree(out, copy)
+    shutil.copytree(checkpoint, other)
+    (other / "vae" / "config.json").write_text((other / "vae" / "config.json").read_text() + "\n")  # same config
+    with pytest.raises(EngineDirectoryError, match="different weights in vae"):
+        export_engines(other, copy, ["vae_decoder"], ShapeProfile.static(SPEC))
+    assert set(Manifest.load(copy).stages) == {"text_encoder", "transformer"}
+    with pytest.raises(EngineDirectoryError, match="vae is not the vae these engines were exported from"):
+        CogVideoXPipeline.from_engines(copy, other)
+    CogVideoXPipeline.from_engines(copy, checkpoint)  # the right checkpoint is accepted
+
+
+def test_tampered_tokenizer_is_caught(engines, tmp_path):
+    _, out, _ = engines
+    copy = tmp_path / "engines"
+    shutil.copytree(out, copy)
+    name = next(n for n in Manifest.load(copy).stages["text_encoder"].files if n.startswith("tokenizer/"))
+    (copy / name).write_bytes((copy / name).read_bytes() + b" ")
+    with pytest.raises(EngineDirectoryError, match=f"{name} does not match the manifest"):
+        onnxruntime_stages(copy)
+
+
+@pytest.mark.parametrize("planted", ["../victim.txt", "ABSOLUTE"])
+def test_a_manifest_cannot_reach_outside_its_directory(engines, tmp_path, planted):
+    """A manifest listing a path outside the directory: --force deletes nothing, loading refuses."""
+    checkpoint, out, _ = engines
+    copy = tmp_path / "engines"
+    shutil.copytree(out, copy)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's own file")
+    planted = str(victim) if planted == "ABSOLUTE" else planted
+    manifest_path = copy / "manifest.json"
+    data = json.loads(manifest_path.read_text())
+    data["stages"]["transformer"]["files"][planted] = file_sha256(victim)
+    data["configs"]["transformer"]["num_layers"] += 1  # "another model": the export would replace it
+    manifest_path.write_text(json.dumps(data))
+    with pytest.raises(EngineDirectoryError, match="not a file inside"):
+        onnxruntime_stages(copy)
+    with pytest.raises(EngineDirectoryError, match="not a file inside"):
+        export_engines(checkpoint, copy, ["text_encoder"], ShapeProfile.static(SPEC))
+    # not even --force obeys a planted manifest: nothing it lists is deleted
+    with pytest.raises(EngineDirectoryError, match="nothing it lists was touched"):
+        export_engines(checkpoint, copy, ["text_encoder"], ShapeProfile.static(SPEC), force=True)
+    assert victim.read_text() == "the user's own file"
+    assert (copy / "text_encoder.onnx").is_file() and (copy / "transformer.onnx").is_file()
+
+
+def test_force_recovers_a_damaged_manifest_without_deleting(engines, tmp_path):
+    checkpoint, out, _ = engines
+    copy = tmp_path / "engines"
+    shutil.copytree(out, copy)
+    data = json.loads((copy / "manifest.json").read_text())
+    del data["configs"]  # damaged, not planted
+    (copy / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(EngineDirectoryError, match="has no 'configs'.*--force"):
+        export_engines(checkpoint, copy, ["text_encoder"], ShapeProfile.static(SPEC))
+    export_engines(checkpoint, copy, ["text_encoder"], ShapeProfile.static(SPEC), force=True)
+    assert set(Manifest.load(copy).stages) == {"text_encoder"}
+    assert (copy / "transformer.onnx").is_file()  # listed by the damaged manifest: not deleted
 
 
 def test_bad_requests_are_refused_before_any_work(tiny_checkpoint, tmp_path):
@@ -117,3 +188,38 @@ def test_disk_full_mid_export_leaves_nothing_that_looks_complete(tiny_checkpoint
     monkeypatch.setattr(onnx, "save_model", real_save)
     results = export_engines(checkpoint, out, ["text_encoder"], ShapeProfile.static(SPEC))
     assert [r.reused for r in results] == [False] and [p.name for p in out.glob("*.onnx")] == ["text_encoder.onnx"]
+
+
+def test_concurrent_exports_into_one_directory_are_serialized(tiny_checkpoint, tmp_path):
+    """Two exports at once into one folder: the second waits for the first's lock, then extends its
+    manifest, so both stages are recorded and both graphs verify."""
+    import threading
+
+    checkpoint = tiny_checkpoint("5b")
+    out = tmp_path / "engines"
+    errors = []
+
+    def export(component):
+        try:
+            export_engines(checkpoint, out, [component], ShapeProfile.static(SPEC))
+        except Exception as error:  # reported below with the other thread's outcome
+            errors.append(error)
+
+    threads = [threading.Thread(target=export, args=(c,)) for c in ("text_encoder", "transformer")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    manifest = Manifest.load(out)
+    assert set(manifest.stages) == {"text_encoder", "transformer"}
+    manifest.verify(out)
+
+
+def test_a_refused_export_leaves_no_folder_behind(tiny_checkpoint, tmp_path):
+    with pytest.raises(EngineDirectoryError, match="unknown components"):
+        export_engines(tiny_checkpoint("5b"), tmp_path / "new", ["unet"], ShapeProfile.static(SPEC))
+    with pytest.raises(ProfileError, match="frames must be 4k\\+1"):
+        export_engines(tiny_checkpoint("5b"), tmp_path / "new", ["transformer"],
+                       ShapeProfile.static(ShapeSpec(frames=10, height=64, width=64)))
+    assert not (tmp_path / "new").exists()

@@ -11,8 +11,8 @@ import torch
 from tiny_models import TINY_VAE, randomize_
 
 from cogvx.export.descriptors import TextEncoderDescriptor, VAEEncoderDescriptor
-from cogvx.export.onnx_export import export_onnx
-from cogvx.export.profiles import ShapeProfile, ShapeSpec, parse_profile
+from cogvx.export.onnx_export import export_component
+from cogvx.contract.shapes import ShapeProfile, ShapeSpec, parse_profile
 from cogvx.modeling.configs import PRESETS, VAEConfig
 from cogvx.modeling.vae import CogVideoXVAE
 
@@ -41,7 +41,8 @@ def test_text_encoder_matches_transformers(t5, dynamic, tmp_path):
     default = ShapeSpec(batch=1, frames=17, height=64, width=64, text_len=32)
     profile = (parse_profile("dynamic", default, batch="1:1:3", text_len="8:32:32") if dynamic
                else ShapeProfile.static(default))
-    path = export_onnx(descriptor, encoder, profile, tmp_path / "text_encoder.onnx")
+    (graph,) = export_component(descriptor, encoder, profile, torch.float32, tmp_path)
+    path = tmp_path / graph.file_name
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     # min, opt and max: the text batch is the CFG batch (prompts + negative prompts), 1 .. 2 x max
     shapes = [(1, 8), (2, 32), (6, 32)] if dynamic else [(2, 32)]
@@ -60,7 +61,8 @@ def test_vae_encoder_matches_reference(dynamic, tmp_path):
     default = ShapeSpec(batch=1, frames=9, height=48, width=64, text_len=32)
     profile = (parse_profile("dynamic", default, batch="1:1:2", height="32:48:64", width="32:64:80") if dynamic
                else ShapeProfile.static(default))
-    path = export_onnx(descriptor, vae, profile, tmp_path / "vae_encoder.onnx")
+    (graph,) = export_component(descriptor, vae, profile, torch.float32, tmp_path)
+    path = tmp_path / graph.file_name
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     specs = [profile.min, profile.opt, ShapeSpec(batch=2, height=64, width=80)] if dynamic else [profile.opt]
     for seed, spec in enumerate(specs):

@@ -12,9 +12,9 @@ from tiny_models import TINY_TRANSFORMERS
 
 from cogvx.export import onnx_export
 from cogvx.export.graph_check import check_graph, io_float_types, tensorrt_support
-from cogvx.export.profiles import ShapeProfile, ShapeSpec
+from cogvx.contract.shapes import ShapeProfile, ShapeSpec
 
-from .test_transformer_export import reference, run, tiny
+from .test_transformer_export import export, reference, run, tiny
 
 
 def test_support_matrix_is_the_tensorrt_10_table():
@@ -48,7 +48,7 @@ def test_exported_transformer_is_tensorrt_ready(variant, tmp_path):
     spec = ShapeSpec(batch=1, frames=9, height=32, width=32, text_len=TINY_TRANSFORMERS[variant]["max_text_seq_length"])
     if variant == "5b-i2v":
         spec = ShapeSpec(batch=1, frames=9, height=64, width=64, text_len=spec.text_len)
-    path = onnx_export.export_onnx(descriptor, transformer, ShapeProfile.static(spec), tmp_path / "t.onnx")
+    path = export(descriptor, transformer, ShapeProfile.static(spec), tmp_path)
     model = onnx.load(path)
     report = check_graph(model)
     assert report.problems == []
@@ -61,12 +61,12 @@ def test_external_data_past_the_threshold(tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 64 * 1024)
     transformer, descriptor = tiny("5b")
     spec = ShapeSpec(batch=1, frames=9, height=32, width=32, text_len=7)
-    path = onnx_export.export_onnx(descriptor, transformer, ShapeProfile.static(spec), tmp_path / "t.onnx")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.onnx", "t.onnx.data"]
+    path = export(descriptor, transformer, ShapeProfile.static(spec), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["transformer.onnx", "transformer.onnx.data"]
     model = onnx.load(path, load_external_data=False)
     locations = {entry.value for tensor in model.graph.initializer for entry in tensor.external_data
                  if entry.key == "location"}
-    assert locations == {"t.onnx.data"} and (tmp_path / "t.onnx.data").stat().st_size > 64 * 1024
+    assert locations == {"transformer.onnx.data"} and (tmp_path / "transformer.onnx.data").stat().st_size > 64 * 1024
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     inputs = descriptor.sample_inputs(spec)
     expected = reference(transformer, descriptor, inputs)

@@ -10,11 +10,10 @@ import torch
 from tiny_models import TINY_TRANSFORMERS, TINY_VAE, randomize_
 
 from cogvx.export.descriptors import TransformerDescriptor
-from cogvx.export.onnx_export import export_onnx
-from cogvx.export.profiles import ShapeProfile, ShapeSpec
-from cogvx.modeling.configs import SchedulerConfig, TransformerConfig, VAEConfig
+from cogvx.export.onnx_export import export_component
+from cogvx.contract.shapes import ShapeProfile, ShapeSpec
+from cogvx.modeling.configs import SchedulerConfig, TransformerConfig, VAEConfig, model_config
 from cogvx.modeling.transformer import CogVideoXTransformer
-from cogvx.runtime.pipeline import model_config_for
 
 TOLERANCE = 1e-4
 
@@ -22,7 +21,7 @@ TOLERANCE = 1e-4
 def tiny(variant: str):
     config = TransformerConfig.from_dict(TINY_TRANSFORMERS[variant])
     transformer = randomize_(CogVideoXTransformer(config), seed=1).eval()
-    model = model_config_for(config, VAEConfig(**TINY_VAE), SchedulerConfig())
+    model = model_config(config, VAEConfig(**TINY_VAE), SchedulerConfig())
     return transformer, TransformerDescriptor(model)
 
 
@@ -34,6 +33,12 @@ def run(session, descriptor, inputs):
 def reference(transformer, descriptor, inputs):
     with torch.no_grad():
         return descriptor.wrap(transformer)(**{name: inputs[name] for name in descriptor.input_names}).numpy()
+
+
+def export(descriptor, module, profile, folder):
+    """The one export loop, for the transformer's one graph; its path."""
+    (graph,) = export_component(descriptor, module, profile, torch.float32, folder)
+    return folder / graph.file_name
 
 
 def error(got, expected):
@@ -52,13 +57,13 @@ PROFILES = {
 
 @pytest.mark.parametrize("variant", list(TINY_TRANSFORMERS))
 def test_dynamic_profile_min_opt_max(variant, tmp_path):
-    from cogvx.export.profiles import parse_profile
+    from cogvx.contract.shapes import parse_profile
 
     transformer, descriptor = tiny(variant)
     frames, height, width = PROFILES[variant]
     default = ShapeSpec(batch=1, text_len=TINY_TRANSFORMERS[variant]["max_text_seq_length"])
     profile = parse_profile("dynamic", default, frames=frames, height=height, width=width)
-    path = export_onnx(descriptor, transformer, profile, tmp_path / "transformer.onnx")
+    path = export(descriptor, transformer, profile, tmp_path)
     model = onnx.load(path)
     nodes = [n for n in model.graph.node if n.domain == "cogvx"]
     assert len(nodes) == transformer.config.num_layers and {n.op_type for n in nodes} == {"RoPEAttention3D"}
@@ -73,7 +78,7 @@ def test_dynamic_profile_min_opt_max(variant, tmp_path):
 def test_static_profile(tmp_path):
     transformer, descriptor = tiny("5b")
     profile = ShapeProfile.static(ShapeSpec(batch=1, frames=9, height=48, width=64, text_len=7))
-    path = export_onnx(descriptor, transformer, profile, tmp_path / "transformer.onnx")
+    path = export(descriptor, transformer, profile, tmp_path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     inputs = descriptor.sample_inputs(profile.opt)
     assert error(run(session, descriptor, inputs), reference(transformer, descriptor, inputs)) <= TOLERANCE

@@ -9,11 +9,10 @@ import torch
 from tiny_models import TINY_VAE, randomize_
 
 from cogvx.export.descriptors import VAEDecoderDescriptor, first_chunk_sizes
-from cogvx.export.onnx_export import export_decoder_chunk
-from cogvx.export.profiles import ShapeSpec, parse_profile
-from cogvx.modeling.configs import SchedulerConfig, TransformerConfig, VAEConfig
+from cogvx.export.onnx_export import export_component
+from cogvx.contract.shapes import ShapeSpec, parse_profile
+from cogvx.modeling.configs import SchedulerConfig, TransformerConfig, VAEConfig, model_config
 from cogvx.modeling.vae import DECODE_CHUNK, CogVideoXVAE, chunk_bounds
-from cogvx.runtime.pipeline import model_config_for
 
 TOLERANCE = 1e-4
 
@@ -23,15 +22,16 @@ def exported(tmp_path_factory):
     folder = tmp_path_factory.mktemp("decoder")
     vae = randomize_(CogVideoXVAE(VAEConfig(**TINY_VAE)), seed=4).eval()
     transformer = TransformerConfig(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4)
-    model = model_config_for(transformer, vae.config, SchedulerConfig())
+    model = model_config(transformer, vae.config, SchedulerConfig())
     profile = parse_profile("dynamic", ShapeSpec(batch=1), frames="1:17:49", height="32:48:64", width="32:48:80",
                             batch="1:1:2")
     assert first_chunk_sizes(profile) == [1, 2, 3]
+    exported = export_component(VAEDecoderDescriptor(model), vae, profile, torch.float32, folder)
+    assert [g.role for g in exported] == ["first_1", "first_2", "first_3", "next"]
     graphs = {}
-    for first, frames in [(True, size) for size in first_chunk_sizes(profile)] + [(False, DECODE_CHUNK)]:
-        descriptor = VAEDecoderDescriptor(model, first, frames)
-        path = export_decoder_chunk(descriptor, vae, profile, folder / f"{descriptor.component}.onnx")
-        graphs[descriptor.component] = (ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), descriptor)
+    for graph in exported:
+        session = ort.InferenceSession(str(folder / graph.file_name), providers=["CPUExecutionProvider"])
+        graphs[graph.file_name.removesuffix(".onnx")] = (session, graph)
     return vae, graphs
 
 

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from cogvx.modeling.checkpoint import CheckpointError
 from cogvx.modeling.configs import TextEncoderConfig
 from cogvx.modeling.text_encoder import TextEncoder
 
@@ -57,7 +58,8 @@ def test_matches_diffusers_prompt_encoding(t5_checkpoint):
         reference, prompts, max_sequence_length=MAX_LENGTH, device=torch.device("cpu"), dtype=torch.float32
     )
     assert got.shape == (3, MAX_LENGTH, 32)
-    assert (got - expected).abs().max().item() <= 1e-6
+    # relative to the embeddings' scale: fp32 rounding differs by CPU (AVX2 vs AVX-512 kernels) at ~1e-7
+    assert (got - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
     # the pad rows are real encoder outputs, not zeros: the model attends to them
     assert got[0, -1].abs().max().item() > 1e-3
 
@@ -79,5 +81,5 @@ def test_bf16_and_missing_folder(t5_checkpoint, tmp_path):
     low, high = bf16.encode_prompt("a red square moving left"), fp32.encode_prompt("a red square moving left")
     assert low.dtype == torch.bfloat16
     assert (low.float() - high).abs().max().item() <= 5e-2 * high.abs().max().item()
-    with pytest.raises(FileNotFoundError, match="text_encoder/config.json"):
+    with pytest.raises(CheckpointError, match="text_encoder/config.json"):
         TextEncoder.from_pretrained(tmp_path / "text_encoder")

@@ -12,10 +12,11 @@ from safetensors.torch import save_file
 from tiny_models import TINY_FAMILIES
 
 from cogvx.engines.export_dir import export_engines
-from cogvx.export.profiles import ShapeProfile, ShapeSpec
+from cogvx.contract.shapes import ShapeProfile, ShapeSpec
 from cogvx.modeling.checkpoint import read_state_dict
-from cogvx.runtime.onnxruntime_backend import OnnxRuntimeStage
+from cogvx.runtime.graph_stage import GraphStage
 from cogvx.runtime.pipeline import CogVideoXPipeline, PipelineInputError
+from cogvx.runtime.stages import TorchStage
 from cogvx.runtime.validate import validate, video_psnr, write_report
 
 TEXT_LEN = 7  # the tiny models' max_text_seq_length
@@ -52,7 +53,7 @@ def test_end_to_end_psnr_against_torch(family, engines):
     checkpoint, out = engines(family)
     reference = CogVideoXPipeline.from_pretrained(checkpoint)
     engine = CogVideoXPipeline.from_engines(out)
-    assert all(isinstance(stage, OnnxRuntimeStage) for stage in engine.stages.values())
+    assert all(isinstance(stage, GraphStage) for stage in engine.stages.values())
     spec = spec_for(family)
     request = dict(prompt="a red square moving right", num_frames=spec.frames, height=spec.height, width=spec.width,
                    num_inference_steps=4, guidance_scale=6.0, seed=7, output_type="pt",
@@ -67,7 +68,8 @@ def test_request_outside_the_profile_is_refused_before_any_run(engines):
     engine = CogVideoXPipeline.from_engines(out)
     calls = []
     text_stage = engine.stages["text_encoder"]
-    engine.stages["text_encoder"] = lambda **inputs: calls.append(1) or text_stage(**inputs)
+    engine.stages["text_encoder"] = TorchStage("text_encoder", lambda **inputs: calls.append(1) or text_stage(**inputs),
+                                               ("input_ids",))
     with pytest.raises(PipelineInputError, match="frames 17 is outside this engine's profile \\(exactly 9\\)"):
         engine("a red square", num_frames=17, num_inference_steps=1)
     with pytest.raises(PipelineInputError, match="batch 2 is outside this engine's profile"):

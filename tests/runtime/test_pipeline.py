@@ -7,6 +7,7 @@ import pytest
 import torch
 from tiny_models import TINY_FAMILIES, make_diffusers_pipeline
 
+from cogvx.modeling.checkpoint import CheckpointError
 from cogvx.runtime.pipeline import CogVideoXPipeline, PipelineInputError
 
 STEPS = 4
@@ -95,8 +96,12 @@ def test_bad_requests(pipelines):
     cases = [
         (dict(num_frames=8), "frames must be 4k\\+1 \\(got 8\\); try 5 or 9"),
         (dict(height=60), "height must be a positive multiple of 16 \\(got 60\\); try 64"),
-        (dict(num_inference_steps=0), "steps must be at least 1"),
-        (dict(guidance_scale=-1.0), "guidance must be >= 0"),
+        (dict(num_inference_steps=0), "steps must be between 1 and 1000 \\(got 0\\)"),
+        (dict(guidance_scale=-1.0), "guidance must be a finite number >= 0 \\(got -1.0\\)"),
+        (dict(guidance_scale=float("nan")), "guidance must be a finite number >= 0 \\(got nan\\)"),
+        (dict(guidance_scale=float("inf")), "guidance must be a finite number >= 0 \\(got inf\\)"),
+        (dict(num_frames=0), "frames must be 4k\\+1 \\(got 0\\)"),
+        (dict(height=0), "height must be a positive multiple of 16 \\(got 0\\)"),
         (dict(image=torch.zeros(3, 64, 64)), "text-to-video model and takes no image"),
         (dict(scheduler="euler"), "scheduler must be 'ddim' or 'dpm'"),
     ]
@@ -117,5 +122,5 @@ def test_missing_component_is_named(tmp_path, pipelines):
     copy = tmp_path / "ckpt"
     shutil.copytree(folder, copy)
     shutil.rmtree(copy / "vae")
-    with pytest.raises(FileNotFoundError, match="missing component folder\\(s\\) vae/"):
+    with pytest.raises(CheckpointError, match="missing component folder\\(s\\) vae/"):
         CogVideoXPipeline.from_pretrained(copy)

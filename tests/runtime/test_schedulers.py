@@ -23,9 +23,10 @@ def fake_velocity(latents: torch.Tensor, t) -> torch.Tensor:
 
 def test_alphas_cumprod_check_values():
     abar = alphas_cumprod(SchedulerConfig(snr_shift_scale=3.0))
-    assert abs(abar[0].item() - 0.997454) < 1e-6
-    assert abs(abar[499].item() - 0.0959696) < 1e-7
-    assert abs(abar[899].item() - 9.68788e-4) < 1e-9
+    # the published check values carry 6 significant digits
+    assert abar[0].item() == pytest.approx(0.997454, rel=1e-6)
+    assert abar[499].item() == pytest.approx(0.0959696, rel=1e-6)
+    assert abar[899].item() == pytest.approx(9.68788e-4, rel=1e-6)
     assert abar[999].item() == 0.0
 
 
@@ -60,7 +61,8 @@ def test_loop_matches_diffusers(name, steps, shift):
         else:
             reference_latents = reference.step(velocity, t, reference_latents, generator=reference_generator,
                                                return_dict=False)[0]
-        worst = max(worst, (ours_latents - reference_latents).abs().max().item())
+        # relative to the latents' scale: the same float64 schedule and fp32 formulas, so only rounding differs
+        worst = max(worst, (ours_latents - reference_latents).abs().max().item() / reference_latents.abs().max().item())
     assert worst <= 1e-6
     assert ours_latents.abs().max().item() > 0.05  # the loop did move the sample somewhere non-trivial
 
@@ -71,8 +73,9 @@ def test_training_helpers_match_diffusers():
     generator = torch.Generator().manual_seed(4)
     x0, noise = torch.randn(3, 2, 4, 5, 5, generator=generator), torch.randn(3, 2, 4, 5, 5, generator=generator)
     t = torch.tensor([0, 500, 999])
-    assert (ours.add_noise(x0, noise, t) - reference.add_noise(x0, noise, t)).abs().max().item() <= 1e-6
-    assert (ours.get_velocity(x0, noise, t) - reference.get_velocity(x0, noise, t)).abs().max().item() <= 1e-6
+    for ours_value, reference_value in [(ours.add_noise(x0, noise, t), reference.add_noise(x0, noise, t)),
+                                        (ours.get_velocity(x0, noise, t), reference.get_velocity(x0, noise, t))]:
+        assert (ours_value - reference_value).abs().max().item() <= 1e-6 * reference_value.abs().max().item()
 
 
 def test_bad_arguments():

@@ -43,4 +43,4 @@ def test_resume_reproduces_the_loss_sequence(ranks):
 
 def test_fsdp2_trains_like_ddp(ranks):
     ddp, fsdp = ranks[0]["full_losses"], ranks[0]["fsdp2_losses"]
-    assert max(abs(a - b) for a, b in zip(ddp, fsdp)) < 1e-5
+    assert max(abs(a - b) / abs(a) for a, b in zip(ddp, fsdp)) <= 1e-5  # fp32 reductions in another order

@@ -11,6 +11,7 @@ from cogvx.modeling.positions import position_tables
 from cogvx.modeling.transformer import CogVideoXTransformer
 from cogvx.runtime.schedulers import DDIMScheduler
 from cogvx.training.losses import transformer_loss
+from cogvx.training.config import TrainConfigError
 from cogvx.training.pack import clip_tokens, packed_loss, plan_packs
 
 TINY = dict(num_layers=2, num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4,
@@ -48,15 +49,18 @@ def test_packed_loss_and_gradients_equal_clip_by_clip(variant):
                          for i, (x, e, n) in enumerate(zip(latents, text, noise))])
     alone.sum().backward()
 
-    assert (packed - alone).abs().max().item() < 1e-5
+    # fp32 sums in another order: errors relative to each quantity's scale (rounding ~1e-7, a wrong mask ~1e-2)
+    assert (packed - alone).abs().max().item() <= 1e-5 * alone.abs().max().item()
     assert packed.min().item() > 0.1  # a real loss, not a degenerate zero
+    # gradients against the largest one (some parameters' gradients are ~0, where only rounding is left)
+    scale = max(p.grad.abs().max().item() for p in model.parameters())
     worst = max((p.grad - packed_grads[n]).abs().max().item() for n, p in model.named_parameters())
-    assert worst < 1e-5
+    assert worst <= 1e-5 * scale
 
 
 def test_plan_packs_first_fit_and_refusal():
     assert plan_packs([30, 20, 50, 10], 60) == [[2, 3], [0, 1]]
-    with pytest.raises(ValueError, match="needs 70 tokens, more than pack_tokens=60"):
+    with pytest.raises(TrainConfigError, match="needs 70 tokens, more than pack_tokens=60; raise pack_tokens"):
         plan_packs([70], 60)
 
 
@@ -73,6 +77,6 @@ def test_the_seam_without_segments_is_unchanged_and_with_segments_confines_atten
     segments = torch.tensor([[0] * 3 + [1] * 3 + [0] * 8 + [1] * 8])
     cos, sin = torch.cat([tables.rope_cos] * 2)[None], torch.cat([tables.rope_sin] * 2)[None]  # (1, 16, 16)
     packed = rope_attention(cat(q), cat(k), cat(v), cos, sin, 6, segment_ids=segments)
-    assert (packed - cat(plain)).abs().max().item() < 1e-6
+    assert (packed - cat(plain)).abs().max().item() <= 1e-5 * plain.abs().max().item()
     with pytest.raises(ValueError, match=r"segment_ids must be \(batch, tokens\)"):
         rope_attention(cat(q), cat(k), cat(v), cos, sin, 6, segment_ids=segments[:, :5])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import tomllib
 from types import SimpleNamespace
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -15,14 +16,15 @@ from cogvx.cli import main
 from cogvx.modeling.checkpoint import read_state_dict
 from cogvx.modeling.configs import PRESETS
 from cogvx.modeling.vae import CogVideoXVAE
+from cogvx.progress import Progress
 from cogvx.runtime.pipeline import CogVideoXPipeline
 from cogvx.training.checkpoints import list_checkpoints
-from cogvx.training.config import load_config
+from cogvx.training.config import TrainConfigError, load_config
 from cogvx.training.data import LatentCache
 from cogvx.training.toy.build import DATA_SEED, ToyRecipe, build_toy, measure_scaling_factor
 from cogvx.training.toy.captions import all_captions
-from cogvx.training.toy.evaluate import (EVAL_SEED_BASE, eval_pairs, evaluate_generation, evaluate_vae, psnr_uint8,
-                                         write_report)
+from cogvx.training.toy.evaluate import (EVAL_SEED_BASE, ToyModelError, eval_pairs, evaluate_generation, evaluate_vae,
+                                         psnr_uint8, write_report)
 from cogvx.training.toy.judge import judge
 from cogvx.training.toy.world import ClipSpec, ToyClips, render, sample_spec
 
@@ -35,8 +37,22 @@ MICRO = ToyRecipe(train_clips=6, vae_steps=2, vae_final_steps=1, vae_batch=1, va
 def micro_build(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy-build")
     messages: list[str] = []
-    out = build_toy(root / "work", root / "model", MICRO, progress=False, say=messages.append)
-    return SimpleNamespace(root=root, work=root / "work", out=out, messages=messages)
+    progress = mock.create_autospec(Progress, instance=True)  # records what the build reports
+    out = build_toy(root / "work", root / "model", MICRO, progress=progress, say=messages.append)
+    return SimpleNamespace(root=root, work=root / "work", out=out, messages=messages, progress=progress)
+
+
+def test_build_reports_every_counted_step_to_its_progress(micro_build):
+    started = [(c.args, c.kwargs.get("done", 0)) for c in micro_build.progress.start.call_args_list]
+    assert started == [(("train vae", MICRO.vae_steps + MICRO.vae_final_steps), 0),
+                       (("cache latents", MICRO.train_clips), 0),
+                       (("train transformer", MICRO.transformer_steps), 0),
+                       (("vae eval", MICRO.eval_clips), 0),
+                       (("generate + judge", MICRO.eval_pairs), 0)]
+    updates = sum(c.args[0] if c.args else 1 for c in micro_build.progress.update.call_args_list)
+    assert updates == sum(total for (_, total), _ in started)  # every unit counted once
+    assert micro_build.progress.close.call_count >= len(started)
+    assert any("loss=" in c.args[1] for c in micro_build.progress.update.call_args_list if len(c.args) > 1)
 
 
 def test_build_writes_a_loadable_model_from_its_own_runs(micro_build):
@@ -93,17 +109,18 @@ def test_build_report_matches_a_fresh_evaluation(micro_build):
 def test_rebuild_reuses_every_step_and_refuses_another_recipe(micro_build, tmp_path):
     work = micro_build.work
     before = {p.name: p.stat().st_mtime_ns for p in (work / "transformer").iterdir()}
-    out = build_toy(work, tmp_path / "again", MICRO, progress=False, evaluate=False)
+    out = build_toy(work, tmp_path / "again", MICRO, evaluate=False)
     assert {p.name: p.stat().st_mtime_ns for p in (work / "transformer").iterdir()} == before
     a, b = read_state_dict(out / "transformer"), read_state_dict(micro_build.out / "transformer")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(ValueError, match="another recipe"):
-        build_toy(work, tmp_path / "other", MICRO.replace(seed=1), progress=False)
+    with pytest.raises(TrainConfigError, match="another recipe"):
+        build_toy(work, tmp_path / "other", MICRO.replace(seed=1))
     with pytest.raises(FileExistsError, match="not empty"):
-        build_toy(tmp_path / "w2", micro_build.out, MICRO, progress=False)
+        build_toy(tmp_path / "w2", micro_build.out, MICRO)
     assert not (tmp_path / "w2").exists()  # refused before anything is written
     result = CliRunner().invoke(main, ["train", "toy", "--work", str(tmp_path / "w3"), "--out", str(micro_build.out)])
-    assert result.exit_code == 1 and "not empty" in result.output
+    assert result.exit_code == 2 and result.stderr.startswith("error: ") and "not empty" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
 
 
 def test_eval_pairs_cover_the_grammar_with_fresh_seeds():
@@ -160,7 +177,7 @@ def test_judge_cli_scores_the_model(micro_build, tmp_path, tiny_checkpoint):
 
 def test_judge_on_engines_matches_torch(micro_build, tmp_path):
     from cogvx.engines.export_dir import export_engines
-    from cogvx.export.profiles import ShapeProfile, ShapeSpec
+    from cogvx.contract.shapes import ShapeProfile, ShapeSpec
     from cogvx.training.toy.evaluate import evaluate_model
 
     engines = tmp_path / "engines"
@@ -175,6 +192,6 @@ def test_judge_on_engines_matches_torch(micro_build, tmp_path):
     assert max(np.abs(x.astype(int) - y.astype(int)).max() for x, y in zip(on_engines.videos, on_torch.videos)) <= 1
     nine = tmp_path / "engines-9"
     export_engines(micro_build.out, nine, ["transformer"], ShapeProfile.static(ShapeSpec(1, 9, 64, 64, 32)))
-    with pytest.raises(ValueError, match=r"the judge generates 17x64x64 video and .* cannot \(frames 17 is outside .*\); export with --profile 17x64x64"):
+    with pytest.raises(ToyModelError, match=r"the judge generates 17x64x64 video and .* cannot \(frames 17 is outside .*\); export with --profile 17x64x64"):
         evaluate_model(micro_build.out, tmp_path / "never", pairs=1, engines=nine)
     assert not (tmp_path / "never").exists()

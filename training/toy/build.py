@@ -29,6 +29,10 @@ from pathlib import Path
 
 import torch
 
+from cogvx.progress import Progress
+
+from ..config import TrainConfigError
+
 logger = logging.getLogger(__name__)
 
 DATA_SEED = 1  # toy data seeds: 1 = training clips; evaluate.HELD_OUT_SEED = held-out clips
@@ -117,7 +121,7 @@ def transformer_run_config(work: Path, recipe: ToyRecipe) -> dict:
                               (r.transformer_lr, r.transformer_final_lr), r.transformer_warmup)}
 
 
-def _train(trainer_class, config: dict, path: Path, progress: bool) -> Path:
+def _train(trainer_class, config: dict, path: Path, progress: Progress | None) -> Path:
     """Run (or finish) one trainer; returns its newest checkpoint folder."""
     from cogvx.training.checkpoints import list_checkpoints, read_state
     from cogvx.training.config import config_from_dict
@@ -127,7 +131,7 @@ def _train(trainer_class, config: dict, path: Path, progress: bool) -> Path:
     if done and read_state(done[-1])["step"] >= run.total_steps:
         return done[-1]  # finished earlier: leave the run (its log and curve) untouched
     path.write_text(_toml(config))
-    trainer_class(run, resume="latest", show_progress=progress).fit()
+    trainer_class(run, resume="latest", progress=progress).fit()
     return list_checkpoints(run.output_dir)[-1]
 
 
@@ -192,9 +196,13 @@ def _timed(work: Path, name: str):
     path.write_text(json.dumps(timings, indent=2) + "\n")
 
 
-def build_toy(work: str | Path, out: str | Path, recipe: ToyRecipe = ToyRecipe(), progress: bool = True,
+def build_toy(work: str | Path, out: str | Path, recipe: ToyRecipe = ToyRecipe(), progress: Progress | None = None,
               evaluate: bool = True, say: Callable[[str], None] = logger.info) -> Path:
-    """Data -> VAE -> base model -> latent cache -> transformer -> out (+ the evaluation report)."""
+    """Data -> VAE -> base model -> latent cache -> transformer -> out (+ the evaluation report).
+
+    `progress` (a `cogvx.progress.Progress`, None = silent) follows every step that counts units: both
+    trainers, the latent cache and the evaluation.
+    """
     from ..conditioning import Conditioning
     from ..data import VideoFolder, cache_latents
     from ..trainer import TransformerTrainer, VAETrainer
@@ -207,7 +215,7 @@ def build_toy(work: str | Path, out: str | Path, recipe: ToyRecipe = ToyRecipe()
     work.mkdir(parents=True, exist_ok=True)
     recipe_file = work / "recipe.json"
     if recipe_file.is_file() and json.loads(recipe_file.read_text()) != dataclasses.asdict(recipe):
-        raise ValueError(f"{work} holds a build with another recipe ({recipe_file}); use a new --work folder")
+        raise TrainConfigError(f"{work} holds a build with another recipe ({recipe_file}); use a new --work folder")
     recipe_file.write_text(json.dumps(dataclasses.asdict(recipe), indent=2) + "\n")
     torch.manual_seed(recipe.seed)
 

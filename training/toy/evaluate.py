@@ -5,6 +5,8 @@ uint8 frames, as a viewer sees them. `evaluate_generation` draws prompt/seed pai
 grammar (seeds far from any the trainers used), generates each with the pipeline, and asks the
 judge what it sees. `write_report` writes both as report.md + report.json and a contact sheet
 (first, middle and last frame of every generated clip, captioned with prompt and verdict).
+
+Progress goes to a `cogvx.progress.Progress` the caller passes (the CLI's bars), or nowhere.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cogvx.errors import CogvxError
+from cogvx.progress import Progress, or_silent
+
 from .captions import all_captions
 from .judge import Verdict, judge, parse_caption, score
 from .world import ToyClips
@@ -28,6 +33,10 @@ HELD_OUT_SEED = 9_000  # toy data seed of the held-out clips (training sets use 
 EVAL_SEED_BASE = 1_000_000  # generation seeds: far from every seed a trainer draws from
 
 
+class ToyModelError(CogvxError):
+    """A model or engine directory the toy-world judge cannot score; the message says what to use instead."""
+
+
 def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR in dB of two uint8 videos (capped at 100 dB when identical)."""
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
@@ -36,19 +45,23 @@ def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
 
 @torch.no_grad()
 def evaluate_vae(vae, num_clips: int = 64, seed: int = HELD_OUT_SEED, frames: int = 17, height: int = 64,
-                 width: int = 64, progress: bool = False) -> list[float]:
+                 width: int = 64, progress: Progress | None = None) -> list[float]:
     """Per-clip PSNR of decode(encode(clip).mean) on `num_clips` held-out toy clips."""
-    from tqdm import tqdm
-
     from cogvx.runtime.pipeline import to_uint8
 
     clips = ToyClips(num_clips, seed, frames, height, width)
     vae = vae.eval()
     out = []
-    for index in tqdm(range(num_clips), desc="vae eval", unit="clip", disable=not progress):
-        video = clips[index]["video"][None]  # (1, 3, F, H, W) in [-1, 1]
-        reconstruction = vae.decode(vae.encode(video).mean)
-        out.append(psnr_uint8(to_uint8(reconstruction)[0], to_uint8(video)[0]))
+    progress = or_silent(progress)
+    progress.start("vae eval", num_clips, unit="clip")
+    try:
+        for index in range(num_clips):
+            video = clips[index]["video"][None]  # (1, 3, F, H, W) in [-1, 1]
+            reconstruction = vae.decode(vae.encode(video).mean)
+            out.append(psnr_uint8(to_uint8(reconstruction)[0], to_uint8(video)[0]))
+            progress.update(1)
+    finally:
+        progress.close()
     return out
 
 
@@ -75,17 +88,21 @@ class GenerationEval:
 
 
 def evaluate_generation(pipe, pairs: list[tuple[str, int]], steps: int = 50, guidance: float = 6.0,
-                        progress: bool = False) -> GenerationEval:
+                        progress: Progress | None = None) -> GenerationEval:
     """Generate every (prompt, seed) pair with `pipe` and judge it."""
-    from tqdm import tqdm
-
     verdicts, videos = [], []
-    for prompt, seed in tqdm(pairs, desc="generate + judge", unit="clip", disable=not progress):
-        frames, height, width = TOY_SHAPE
-        video = pipe(prompt=prompt, num_frames=frames, height=height, width=width, num_inference_steps=steps,
-                     guidance_scale=guidance, seed=seed).frames[0]
-        videos.append(video)
-        verdicts.append(judge(video))
+    progress = or_silent(progress)
+    progress.start("generate + judge", len(pairs), unit="clip")
+    try:
+        for prompt, seed in pairs:
+            frames, height, width = TOY_SHAPE
+            video = pipe(prompt=prompt, num_frames=frames, height=height, width=width, num_inference_steps=steps,
+                         guidance_scale=guidance, seed=seed).frames[0]
+            videos.append(video)
+            verdicts.append(judge(video))
+            progress.update(1)
+    finally:
+        progress.close()
     return GenerationEval(pairs, verdicts, videos, steps, guidance)
 
 
@@ -170,14 +187,15 @@ def write_report(folder: str | Path, model: str, vae_psnr: list[float] | None = 
 
 def evaluate_model(model_dir: str | Path, report: str | Path, *, vae_clips: int = 64, pairs: int = 40,
                    steps: int = 50, guidance: float = 6.0, seed: int = 0, engines: str | Path | None = None,
-                   name: str | None = None, progress: bool = False) -> tuple[Path, list[float] | None, GenerationEval]:
+                   name: str | None = None,
+                   progress: Progress | None = None) -> tuple[Path, list[float] | None, GenerationEval]:
     """VAE PSNR on `vae_clips` held-out clips (0: skip) and the judge on `pairs` generations -> report/.
 
     With `engines`, generation runs on that engine directory (ONNX Runtime), stages it lacks and the
     VAE PSNR on `model_dir`'s torch modules. Returns (report.md, per-clip PSNR, generations).
     """
     from cogvx.modeling.vae import CogVideoXVAE
-    from cogvx.runtime.pipeline import CogVideoXPipeline
+    from cogvx.runtime.pipeline import CogVideoXPipeline, PipelineInputError
 
     model_dir = Path(model_dir)
     toy = "x".join(map(str, TOY_SHAPE))
@@ -185,15 +203,15 @@ def evaluate_model(model_dir: str | Path, report: str | Path, *, vae_clips: int 
         pipe = CogVideoXPipeline.from_engines(engines, model_dir)
         try:
             pipe.check_profiles(1, *TOY_SHAPE)  # one video per request (the CFG pair is inside the profile)
-        except ValueError as error:
+        except PipelineInputError as error:
             reason = str(error).split(";")[0]
-            raise ValueError(f"the judge generates {toy} video and {engines} cannot ({reason}); export with "
+            raise ToyModelError(f"the judge generates {toy} video and {engines} cannot ({reason}); export with "
                              f"--profile {toy}") from None
     else:
         pipe = CogVideoXPipeline.from_pretrained(model_dir)
         shape = (pipe.config.num_frames, pipe.config.height, pipe.config.width)
         if shape != TOY_SHAPE:
-            raise ValueError(f"{model_dir} makes {'x'.join(map(str, shape))} video; the judge reads the toy world's "
+            raise ToyModelError(f"{model_dir} makes {'x'.join(map(str, shape))} video; the judge reads the toy world's "
                              f"{toy} (train a toy-world model with `cogvx train toy`)")
     psnr = evaluate_vae(CogVideoXVAE.from_pretrained(model_dir / "vae"), vae_clips, progress=progress) \
         if vae_clips else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cogvx.export.profiles import ProfileError, ShapeProfile, ShapeSpec, parse_profile
+from cogvx.contract.shapes import ProfileError, ShapeProfile, ShapeSpec, parse_profile
 from cogvx.modeling.configs import PRESETS
 
 

@@ -1,4 +1,4 @@
-"""Shape specs and profiles: the single source of truth for shapes (DESIGN.md seam 3).
+"""Shape specs and profiles: the single source of truth for shapes.
 
 A `ShapeSpec` is one request in video units (videos, frames, height, width, text tokens). A
 `ShapeProfile` is min / opt / max over specs; static when all three are equal. The same object
@@ -15,12 +15,14 @@ import dataclasses
 import re
 from dataclasses import dataclass
 
+from cogvx.errors import CogvxError
 from cogvx.modeling.configs import ModelConfig
 
 DIMENSIONS = ("batch", "frames", "height", "width", "text_len")
+MAX_DIGITS = 9  # a profile dimension of a billion or more is a typo
 
 
-class ProfileError(ValueError):
+class ProfileError(CogvxError):
     """A profile or a request that does not fit; the message names the dimension and the range."""
 
 
@@ -34,10 +36,17 @@ class ShapeSpec:
     width: int = 720
     text_len: int = 226
 
+    def __post_init__(self) -> None:
+        for dim in DIMENSIONS:
+            value = getattr(self, dim)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ProfileError(f"{dim} must be a whole number (got {value!r})")
+
     @classmethod
     def parse(cls, text: str, **defaults) -> ShapeSpec:
         """'49x480x720' (frames x height x width), optionally 'Bx' in front: '2x49x480x720'."""
-        match = re.fullmatch(r"\s*(?:(\d+)x)?(\d+)x(\d+)x(\d+)\s*", text)
+        number = rf"([0-9]{{1,{MAX_DIGITS}}})"  # ASCII digits, few enough for any real size
+        match = re.fullmatch(rf"\s*(?:{number}x)?{number}x{number}x{number}\s*", text)
         if not match:
             raise ProfileError(f"shape {text!r} is not FRAMESxHEIGHTxWIDTH (e.g. 49x480x720) or BATCHxFRAMESxHEIGHTxWIDTH")
         batch, frames, height, width = match.groups()
@@ -124,7 +133,7 @@ class ShapeProfile:
 
 def _triple(text: str, dim: str) -> tuple[int, int, int]:
     parts = text.split(":")
-    if len(parts) not in (1, 3) or not all(p.strip().isdigit() for p in parts):
+    if len(parts) not in (1, 3) or not all(re.fullmatch(rf"\s*[0-9]{{1,{MAX_DIGITS}}}\s*", p) for p in parts):
         raise ProfileError(f"--{dim.replace('_', '-')} {text!r}: give MIN:OPT:MAX (e.g. 9:49:49) or one number")
     values = [int(p) for p in parts]
     return (values[0],) * 3 if len(values) == 1 else tuple(values)
