@@ -122,11 +122,12 @@ def calibrate(pipe, prompts: list[str], config: QuantConfig, steps: int = 50, gu
         state["step"] += 1
         return out
 
+    image = conditioning_image(pipe.config.height, pipe.config.width) if pipe.config.image_to_video else None
     pipe.stages = pipe.stages | {"denoiser": TorchStage("denoiser", counted, ())}
     try:
         for index, prompt in enumerate(prompts):
             state["step"] = 0
-            pipe(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance, seed=seed + index,
+            pipe(prompt=prompt, image=image, num_inference_steps=steps, guidance_scale=guidance, seed=seed + index,
                  output_type="latent")
             if progress:
                 progress(index + 1, len(prompts))
@@ -135,6 +136,12 @@ def calibrate(pipe, prompts: list[str], config: QuantConfig, steps: int = 50, gu
         for handle in handles:
             handle.remove()
     return reduce(model, observers, config, prompts, steps, guidance, seed)
+
+
+def conditioning_image(height: int, width: int) -> torch.Tensor:
+    """A smooth, fixed (3, H, W) image in [-1, 1] for image-to-video calibration runs."""
+    y, x = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
+    return torch.stack([x, -y, x * y])
 
 
 def _transformer_of(pipe) -> nn.Module:

@@ -85,11 +85,10 @@ def _fold_into_rows(linear: nn.Linear, s: torch.Tensor) -> None:
             linear.bias.div_(s)
 
 
-def quantize(transformer: nn.Module, calibration, fold: bool = True) -> nn.Module:
-    """A copy of `transformer` with every calibrated layer a `QuantLinear` (the original is untouched).
-
-    `fold=False` applies every smoothing as an explicit pre-scale: each quantized layer then takes
-    exactly the float model's input, which is how per-layer errors are measured (sensitivity.py)."""
+def smooth(transformer: nn.Module, calibration, fold: bool = True) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """A float copy with SmoothQuant applied: weight columns times s, 1/s folded into the producers
+    (or, `fold=False`, everywhere an explicit pre-scale). Returns the copy and the pre-scales, which
+    the layers' inputs must be multiplied by; with them the copy computes what the original does."""
     model = copy.deepcopy(transformer).float()
     modules = dict(model.named_modules())
     layers = calibration.layers
@@ -98,10 +97,10 @@ def quantize(transformer: nn.Module, calibration, fold: bool = True) -> nn.Modul
         raise ValueError(f"the calibration names layers this transformer does not have: {missing[:3]}")
     pre_scales: dict[str, torch.Tensor] = {}
     for members, target in smoothing_groups(model, list(layers)):
-        smooth = layers[members[0]].smooth
-        if smooth is None:
+        smoothing = layers[members[0]].smooth
+        if smoothing is None:
             continue
-        s = torch.tensor(smooth, dtype=torch.float32)
+        s = torch.tensor(smoothing, dtype=torch.float32)
         for name in members:
             with torch.no_grad():
                 modules[name].weight.mul_(s)  # columns: W' = W diag(s)
@@ -113,7 +112,17 @@ def quantize(transformer: nn.Module, calibration, fold: bool = True) -> nn.Modul
         else:
             for name in members:
                 pre_scales[name] = 1.0 / s
-    for name, layer in layers.items():
+    return model, pre_scales
+
+
+def quantize(transformer: nn.Module, calibration, fold: bool = True) -> nn.Module:
+    """A copy of `transformer` with every calibrated layer a `QuantLinear` (the original is untouched).
+
+    `fold=False` applies every smoothing as an explicit pre-scale: each quantized layer then takes
+    exactly the float model's input, which is how per-layer errors are measured (sensitivity.py)."""
+    model, pre_scales = smooth(transformer, calibration, fold)
+    modules = dict(model.named_modules())
+    for name, layer in calibration.layers.items():
         parent_name, _, child = name.rpartition(".")
         parent = modules[parent_name] if parent_name else model
         quantized = QuantLinear(modules[name], calibration.kind, layer.amax, pre_scales.get(name))

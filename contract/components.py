@@ -65,6 +65,7 @@ class Component:
     extra_folders: tuple[str, ...] = ()  # checkpoint folders copied into the engine directory whole
     image_to_video_only: bool = False
     quantizable: bool = False  # int8 / fp8 exports quantize this component; the others stay fp32
+    attention: bool = False  # its graphs hold the attention seam: `cogvx export --attention` picks the form
 
     def precision_for(self, asked: Precision) -> Precision:
         """The precision this component is exported in when `asked` is."""
@@ -91,6 +92,10 @@ class Component:
 DECODER_CACHE = Cache(input_prefix="conv_cache.", output_prefix="conv_cache_out.", chunk_input="latents",
                       chunk_axis=2)
 POSITION_TABLES = ("rope_cos", "rope_sin", "sincos")
+# How an attention is written in ONNX (docs/architecture.md, the attention seam): "plugin", one
+# cogvx::RoPEAttention3D node (TensorRT plugin, local function body for ONNX Runtime); "standard",
+# opset-23 RotaryEmbedding + Attention, no custom node.
+ATTENTION_FORMS = ("plugin", "standard")
 
 COMPONENTS: dict[str, Component] = {c.name: c for c in (
     Component("text_encoder", "text_encoder", "text_encoder", inputs=("input_ids",), outputs=("text_embeddings",),
@@ -98,7 +103,7 @@ COMPONENTS: dict[str, Component] = {c.name: c for c in (
               extra_folders=("tokenizer",)),
     Component("transformer", "denoiser", "transformer",
               inputs=("latents", "text_embeddings", "timestep", "ofs", *POSITION_TABLES), outputs=("velocity",),
-              grid_inputs=POSITION_TABLES, quantizable=True),
+              grid_inputs=POSITION_TABLES, quantizable=True, attention=True),
     Component("vae_decoder", "vae_decoder", "vae", inputs=("latents",), outputs=("frames",), cache=DECODER_CACHE),
     Component("vae_encoder", "vae_encoder", "vae", inputs=("video",), outputs=("latent_mean", "latent_logvar"),
               image_to_video_only=True),

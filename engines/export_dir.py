@@ -22,7 +22,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from cogvx.contract.components import COMPONENTS
+from cogvx.contract.components import ATTENTION_FORMS, COMPONENTS
 from cogvx.contract.manifest import (
     MANIFEST, EngineDirectoryError, Manifest, StageRecord, content_key, file_sha256, folder_fingerprint,
     UnsafeManifestError, resolve_inside,
@@ -89,7 +89,7 @@ def _open_directory(out: Path, model_dir: Path, model: ModelConfig, sources: dic
             raise EngineDirectoryError(
                 f"{out} holds engines of another model ({existing.model} from {existing.source_path}: {what}); "
                 "choose another --out or pass --force to replace them")
-        for record in existing.stages.values():
+        for record in [*existing.stages.values(), *existing.builds.values()]:  # graphs and TensorRT plans
             for file_name in record.files:
                 resolve_inside(out, file_name).unlink(missing_ok=True)
         return fresh
@@ -117,12 +117,20 @@ def _reusable(manifest: Manifest, out: Path, component: str, key: str) -> bool:
 
 def export_engines(model_dir: str | Path, out: str | Path, components: list[str], profile: ShapeProfile,
                    precision: Precision | str | torch.dtype = Precision.FP32, force: bool = False,
-                   progress: Callable[[str, str], None] | None = None) -> list[ExportResult]:
+                   progress: Callable[[str, str], None] | None = None,
+                   attention: str = "plugin") -> list[ExportResult]:
     """Export `components` of the checkpoint at `model_dir` into the engine directory `out`.
 
-    `progress(component, state)` is told "exporting", "done" or "reused" for each component."""
+    `progress(component, state)` is told "exporting", "done" or "reused" for each component.
+    `attention` ("plugin" or "standard", contract/components.py ATTENTION_FORMS) is how components
+    with attention write it; their stage record and content key carry it."""
     model_dir, out = Path(model_dir), Path(out)
     precision = Precision.parse(precision)
+    if attention not in ATTENTION_FORMS:
+        raise EngineDirectoryError(f"attention form {attention!r}: choose from {', '.join(ATTENTION_FORMS)}")
+    if attention == "standard" and precision.is_quantized:
+        raise EngineDirectoryError("--attention standard raises the graph to opset 23, where QuantizeLinear / "
+                                   "DequantizeLinear changed; export int8 / fp8 with --attention plugin")
     model = load_model_config(model_dir)
     check_components(model_dir, components)
     profile.validate_for(model)
@@ -135,7 +143,8 @@ def export_engines(model_dir: str | Path, out: str | Path, components: list[str]
         if precision.is_quantized:
             check_calibration(manifest, out, precision)
         manifest.save(out)  # from here on the folder is recognisably an engine directory of this model
-        return _export_stages(model_dir, out, model, components, profile, precision, sources, manifest, progress)
+        return _export_stages(model_dir, out, model, components, profile, precision, sources, manifest, progress,
+                              attention)
 
 
 def check_calibration(manifest: Manifest, out: Path, precision: Precision) -> None:
@@ -170,7 +179,7 @@ def _one_export_at_a_time(out: Path) -> Iterator[None]:
 
 def _export_stages(model_dir: Path, out: Path, model: ModelConfig, components: list[str], profile: ShapeProfile,
                    precision: Precision, sources: dict[str, str], manifest: Manifest,
-                   progress: Callable[[str, str], None] | None) -> list[ExportResult]:
+                   progress: Callable[[str, str], None] | None, attention: str = "plugin") -> list[ExportResult]:
     results = []
     for name in components:
         component = COMPONENTS[name]
@@ -180,10 +189,11 @@ def _export_stages(model_dir: Path, out: Path, model: ModelConfig, components: l
                        for path in sorted((out / folder).rglob("*")) if path.is_file()}
         stage_precision = component.precision_for(precision)
         calibration = manifest.calibration if stage_precision.is_quantized else None
+        form = attention if component.attention else None  # the two attention forms never share a key
         key = content_key(component=name, source=[sources[f] for f in (component.source_folder,
                                                                            *component.extra_folders)],
                           profile=profile.to_dict(), dtype=stage_precision.value, opset=OPSET, tools=manifest.tools,
-                          format=manifest.format, calibration=calibration)
+                          format=manifest.format, calibration=calibration, attention=form)
         started = time.perf_counter()
         if _reusable(manifest, out, name, key):
             results.append(ExportResult(name, True, list(manifest.stages[name].files), 0.0))
@@ -192,7 +202,7 @@ def _export_stages(model_dir: Path, out: Path, model: ModelConfig, components: l
             continue
         if progress:
             progress(name, "exporting")
-        record = _export_component(name, model_dir, model, out, profile, stage_precision, calibration)
+        record = _export_component(name, model_dir, model, out, profile, stage_precision, calibration, form)
         record.key = key
         record.files |= extra_files
         manifest.stages[name] = record
@@ -204,7 +214,8 @@ def _export_stages(model_dir: Path, out: Path, model: ModelConfig, components: l
 
 
 def _export_component(name: str, model_dir: Path, model: ModelConfig, out: Path, profile: ShapeProfile,
-                      precision: Precision, calibration: str | None = None) -> StageRecord:
+                      precision: Precision, calibration: str | None = None,
+                      attention: str | None = None) -> StageRecord:
     descriptor = descriptor_for(name, model)
     module = descriptor.load(model_dir, precision.torch_dtype)
     if precision.is_quantized:
@@ -214,7 +225,7 @@ def _export_component(name: str, model_dir: Path, model: ModelConfig, out: Path,
 
         register_translations()
         module = quantize(module, Calibration.load(out, calibration))
-    graphs = export_component(descriptor, module, profile, precision.torch_dtype, out)
+    graphs = export_component(descriptor, module, profile, precision.torch_dtype, out, attention or "plugin")
     files = {}
     for graph in graphs:
         files[graph.file_name] = file_sha256(out / graph.file_name)
@@ -223,7 +234,7 @@ def _export_component(name: str, model_dir: Path, model: ModelConfig, out: Path,
             files[data.name] = file_sha256(data)
     return StageRecord(component=name, key="", dtype=precision.value, profile=profile.to_dict(), files=files,
                        graphs={g.role: g.file_name for g in graphs}, inputs={g.role: g.input_names for g in graphs},
-                       outputs={g.role: g.output_names for g in graphs})
+                       outputs={g.role: g.output_names for g in graphs}, attention=attention)
 
 
 def _copy_folder(source: Path, target: Path) -> None:
