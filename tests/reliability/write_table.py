@@ -46,6 +46,14 @@ def shorten(text: str, world, folder: Path) -> str:
     return text.replace("|", "\\|")
 
 
+def summary_line(output: str, expected: str) -> str:
+    """The line of a run's table that says how it ended: its result, else the expected text's line."""
+    lines = [line.strip() for line in output.splitlines()
+             if line.strip() and not line.startswith("---") and "%|" not in line]  # no borders, no bars
+    chosen = [line for line in lines if line.startswith("result")] or [line for line in lines if expected in line]
+    return " ".join((chosen or lines or [""])[0].split())
+
+
 def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="cogvx-reliability-") as root:
@@ -54,7 +62,7 @@ def main() -> None:
             folder = Path(root) / f"case-{index}"
             outcome = run(case, world, folder)
             errors = [line for line in outcome.stderr_lines if line.startswith("error: ")]
-            said = errors[-1] if errors else (outcome.output.strip().splitlines() or [""])[-1]
+            said = errors[-1] if errors else summary_line(outcome.output, case.message)
             leftovers = ", ".join(p.replace(str(folder), "CASE") for p in outcome.created + outcome.changed) or "none"
             if outcome.exit == 0:
                 leftovers = f"(the requested output) {leftovers}" if leftovers != "none" else leftovers
