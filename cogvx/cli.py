@@ -91,9 +91,10 @@ def main(verbose: bool) -> None:
 def _generate(model: str | None, prompt: str, negative_prompt: str, image: str | None, frames: int | None,
               height: int | None, width: int | None, steps: int, guidance: float, dynamic_cfg: bool,
               scheduler: str, seed: int, dtype: str, device: str, out: str, backend: str = "torch",
-              engines: str | None = None, judge_video: bool = False) -> None:
+              engines: str | None = None, judge_video: bool = False, attention: str = "auto") -> None:
     from cogvx.contract.manifest import Manifest
     from cogvx.contract.shapes import ProfileError, ShapeProfile, ShapeSpec
+    from cogvx.engines.attention import select_attention
     from cogvx.models import resolve_model
     from cogvx.modeling.model_dir import load_model_config
     from cogvx.runtime.pipeline import (
@@ -130,6 +131,7 @@ def _generate(model: str | None, prompt: str, negative_prompt: str, image: str |
                 profile.check(ShapeSpec(1, frames, height, width, config.max_text_len))
             except ProfileError as error:
                 raise PipelineInputError(str(error)) from None
+        select_attention(attention)  # auto: the Triton kernel runs CUDA tensors' attention where triton is installed
 
         started = time.perf_counter()
         if engines is not None:
@@ -212,6 +214,8 @@ def _with_options(options):
 @click.option("--backend", type=click.Choice(["torch", "onnxruntime"]), default="torch", show_default=True,
               help="Run the stages as torch modules or as ONNX Runtime sessions of --engines.")
 @click.option("--engines", type=click.Path(file_okay=False), default=None, help="Engine directory (cogvx export).")
+@click.option("--attention", type=click.Choice(["auto", "reference"]), default="auto", show_default=True,
+              help="Torch attention: auto (the Triton kernel on CUDA GPUs where triton is installed) or reference.")
 @click.option("--out", required=True, help="Output .mp4, .gif, or a folder for PNG frames.")
 def generate(**options) -> None:
     """Generate a video from a prompt (and an image, for I2V models)."""
@@ -239,8 +243,11 @@ _PROFILE_OPTIONS = [
               show_default=True, help="Graph precision: fp32, fp16, bf16, or int8 / fp8 Q/DQ transformer graphs "
               "from the directory's calibration (`cogvx calibrate` first). The text encoder is always fp32.")
 @click.option("--force", is_flag=True, help="Replace another model's engines in --out.")
+@click.option("--attention", type=click.Choice(["plugin", "standard"]), default="plugin", show_default=True,
+              help="plugin: one cogvx::RoPEAttention3D node per attention (TensorRT plugin); standard: opset-23 "
+              "RotaryEmbedding + Attention, no custom node (TensorRT 10.15+).")
 def export_command(model: str, out: str, components: str, profile: str | None, frames, height, width, batch,
-                   text_len, dtype: str, force: bool) -> None:
+                   text_len, dtype: str, force: bool, attention: str) -> None:
     """Export a checkpoint to ONNX graphs + manifest.json (reuses stages already exported)."""
     from cogvx.contract.shapes import ShapeSpec, parse_profile
     from cogvx.engines.export_dir import export_engines
@@ -267,7 +274,7 @@ def export_command(model: str, out: str, components: str, profile: str | None, f
     with user_errors(bar):
         started = time.perf_counter()
         with quiet_exporter():
-            results = export_engines(directory, out, names, shape, dtype, force, progress)
+            results = export_engines(directory, out, names, shape, dtype, force, progress, attention=attention)
     rows = [("model", f"{directory} ({config.name})"), ("profile", str(shape)), ("dtype", dtype)]
     rows += [(r.component, ("reused " if r.reused else f"{r.seconds:6.1f} s  ") + ", ".join(r.files)) for r in results]
     rows += [("total", f"{time.perf_counter() - started:6.1f} s"),
@@ -468,6 +475,15 @@ def _register_train() -> None:
 
 
 _register_train()
+
+
+def _register_build() -> None:
+    from cogvx.engines.cli import build
+
+    main.add_command(build)
+
+
+_register_build()
 
 if __name__ == "__main__":
     main()

@@ -32,7 +32,7 @@ from cogvx.modeling.configs import (
 
 from cogvx.modeling.precision import Precision
 
-from .components import COMPONENTS
+from .components import ATTENTION_FORMS, COMPONENTS
 
 logger = logging.getLogger(__name__)
 
@@ -88,9 +88,10 @@ SHA256_HEX = 64
 # key -> (type, required) of a manifest and of a stage record; anything else is refused
 MANIFEST_SCHEMA = {"model": (str, True), "configs": (dict, True), "sources": (dict, True), "tools": (dict, True),
                    "opset": (int, True), "stages": (dict, True), "source_path": (str, False),
-                   "calibration": ((str, type(None)), False), "format": (int, True)}
+                   "calibration": ((str, type(None)), False), "format": (int, True), "builds": (dict, False)}
 RECORD_SCHEMA = {"component": (str, True), "key": (str, True), "dtype": (str, True), "profile": (dict, True),
-                 "files": (dict, True), "graphs": (dict, True), "inputs": (dict, False), "outputs": (dict, False)}
+                 "files": (dict, True), "graphs": (dict, True), "inputs": (dict, False), "outputs": (dict, False),
+                 "attention": ((str, type(None)), False)}
 CONFIG_PARTS = ("transformer", "vae", "scheduler", "text_encoder")
 
 
@@ -118,6 +119,8 @@ def _checked(data: dict, schema: dict, where: str) -> dict:
             raise EngineDirectoryError(f"manifest.configs has no {', '.join(missing)} config")
         for name, record in data["stages"].items():
             _checked(record, RECORD_SCHEMA, f"stages.{name}")
+        for name, build in data.get("builds", {}).items():
+            _checked(build, BUILD_SCHEMA, f"builds.{name}")
     return data
 
 
@@ -129,6 +132,8 @@ def _check_record(name: str, record: StageRecord, directory: Path) -> None:
         raise EngineDirectoryError(f"{where} names component {record.component!r}; components are "
                                    f"{', '.join(COMPONENTS)}")
     Precision.parse(record.dtype)
+    if record.attention is not None and record.attention not in ATTENTION_FORMS:
+        raise EngineDirectoryError(f"{where}.attention {record.attention!r} is not one of {', '.join(ATTENTION_FORMS)}")
     try:
         ShapeProfile.from_dict(record.profile)
     except (KeyError, TypeError) as error:
@@ -159,10 +164,53 @@ class StageRecord:
     graphs: dict[str, str]  # role -> file, e.g. {"first_2": "vae_decoder_first_2.onnx", "next": ...}
     inputs: dict[str, list[str]] = field(default_factory=dict)  # role -> input names
     outputs: dict[str, list[str]] = field(default_factory=dict)
+    attention: str | None = None  # the attention form of a component with attention (ATTENTION_FORMS)
 
     @property
     def stage(self) -> str:
         return COMPONENTS[self.component].stage
+
+
+# -- TensorRT builds (written by engines/tensorrt_build.py, read by engines/tensorrt_runtime.py) ---------
+
+BUILD_SCHEMA = {"component": (str, True), "key": (str, True), "tensorrt": (str, True), "gpu": (str, True),
+                "compute_capability": (str, True), "hardware_compat": (str, True), "plans": (dict, True),
+                "files": (dict, True), "plugins": (dict, False), "options": (dict, False)}
+
+
+@dataclass
+class BuildRecord:
+    """The TensorRT plans of one exported component: what they were built with and from.
+
+    A plan runs only on the TensorRT version that built it and (without hardware compatibility) on
+    GPUs of the compute capability it was built on; `key` is the stage record's key the plans were
+    built from, so a re-exported stage makes its plans stale."""
+
+    component: str
+    key: str  # the stage record's key at build time
+    tensorrt: str  # tensorrt.__version__
+    gpu: str  # the device name, for messages
+    compute_capability: str  # "9.0"
+    hardware_compat: str  # "none" or "ampere+"
+    plans: dict[str, str]  # role -> plan file
+    files: dict[str, str]  # plan file -> sha256
+    plugins: dict[str, dict] = field(default_factory=dict)  # plugin node -> the attributes baked into its plan
+    options: dict = field(default_factory=dict)  # the build options the plans depend on (opt level, plugin)
+
+
+def _check_build(name: str, build: BuildRecord, stages: dict[str, StageRecord], directory: Path) -> None:
+    where = f"builds.{name}"
+    if build.component != name or name not in stages:
+        raise EngineDirectoryError(f"{where} is a build of {build.component!r}, which has no stage record")
+    for file_name, digest in build.files.items():
+        resolve_inside(directory, file_name)
+        if not (isinstance(digest, str) and len(digest) == SHA256_HEX and all(c in "0123456789abcdef" for c in digest)):
+            raise EngineDirectoryError(f"{where}.files[{file_name!r}] is not a sha256")
+    for role, file_name in build.plans.items():
+        if role not in stages[name].graphs or file_name not in build.files:
+            raise EngineDirectoryError(f"{where}.plans[{role!r}] names {file_name!r}: no such graph role or no sha256")
+
+# -- end of TensorRT builds ----------------------------------------------------------------------------
 
 
 @dataclass
@@ -176,6 +224,7 @@ class Manifest:
     source_path: str = ""
     calibration: str | None = None
     format: int = FORMAT
+    builds: dict[str, BuildRecord] = field(default_factory=dict)  # component -> its TensorRT plans
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -189,7 +238,8 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: dict) -> Manifest:
         stages = {name: StageRecord(**record) for name, record in data["stages"].items()}
-        return cls(**{k: v for k, v in data.items() if k != "stages"}, stages=stages)
+        builds = {name: BuildRecord(**build) for name, build in data.get("builds", {}).items()}
+        return cls(**{k: v for k, v in data.items() if k not in ("stages", "builds")}, stages=stages, builds=builds)
 
     @classmethod
     def load(cls, directory: str | Path) -> Manifest:
@@ -210,6 +260,8 @@ class Manifest:
             manifest = cls.from_dict(_checked(data, MANIFEST_SCHEMA, "manifest"))
             for name, record in manifest.stages.items():
                 _check_record(name, record, Path(directory))
+            for name, build in manifest.builds.items():
+                _check_build(name, build, manifest.stages, Path(directory))
             manifest.model_config()
         except UnsafeManifestError:
             raise

@@ -6,6 +6,11 @@ It is the torch custom op `cogvx::rope_attention`, so compilers and exporters se
 node: the ONNX exporter maps it to `cogvx::RoPEAttention3D`, a Triton kernel registers itself as
 another implementation. Models without RoPE (2B) pass cos = sin = None.
 
+Which implementation runs: the one `use_implementation` names inside its block; otherwise the
+default registered for the tensors' device type (`register_implementation(..., device_type="cuda")`,
+as cogvx.engines.triton_attention does), else the reference. This module never imports a kernel
+library: kernels register themselves from outside (the CLI does it for `cogvx generate`).
+
 Packed clips (training's multi-resolution frame pack) take the same seam with one more, optional,
 argument: `segment_ids` (B, S) names the clip every token belongs to, attention stays inside a
 clip, and the RoPE tables are per batch element (B, V, Dh). That path is its own custom op
@@ -70,22 +75,44 @@ PackedAttentionFn = Callable[..., torch.Tensor]
 
 _IMPLEMENTATIONS: dict[str, AttentionFn] = {"torch": reference_rope_attention}
 _PACKED_IMPLEMENTATIONS: dict[str, PackedAttentionFn] = {"torch": reference_packed_rope_attention}
-_active = "torch"
+_DEVICE_DEFAULTS: dict[str, str] = {}  # device type ("cuda") -> implementation used there by default
+_active: str | None = None  # set by use_implementation; None: the device's default, else the reference
 
 
-def register_implementation(name: str, fn: AttentionFn, packed_fn: PackedAttentionFn | None = None) -> None:
+def register_implementation(name: str, fn: AttentionFn, packed_fn: PackedAttentionFn | None = None,
+                            device_type: str | None = None) -> None:
     """Add an implementation of the seam (e.g. a Triton kernel); it must match the reference.
 
     `packed_fn` (optional) serves the packed-clip path; without it that path runs the reference.
+    `device_type` ("cuda"): the implementation becomes the default for tensors on that device type,
+    used without `use_implementation`; `set_device_default(device_type, None)` turns that off.
     """
     _IMPLEMENTATIONS[name] = fn
     if packed_fn is not None:
         _PACKED_IMPLEMENTATIONS[name] = packed_fn
+    if device_type is not None:
+        set_device_default(device_type, name)
+
+
+def set_device_default(device_type: str, name: str | None) -> None:
+    """The implementation the seam uses for tensors on `device_type`; None: the reference."""
+    if name is None:
+        _DEVICE_DEFAULTS.pop(device_type, None)
+        return
+    if name not in _IMPLEMENTATIONS:
+        raise ValueError(f"unknown attention implementation {name!r}; registered: {sorted(_IMPLEMENTATIONS)}")
+    _DEVICE_DEFAULTS[device_type] = name
+
+
+def implementation_for(device: torch.device) -> str:
+    """The name of the implementation the seam runs for tensors on `device`, now."""
+    return _active if _active is not None else _DEVICE_DEFAULTS.get(device.type, "torch")
 
 
 @contextlib.contextmanager
 def use_implementation(name: str) -> Iterator[None]:
-    """Run the seam with another implementation inside this block."""
+    """Run the seam with another implementation inside this block, on every device ("torch": the
+    reference, whatever a device's default)."""
     global _active
     if name not in _IMPLEMENTATIONS:
         raise ValueError(f"unknown attention implementation {name!r}; registered: {sorted(_IMPLEMENTATIONS)}")
@@ -101,7 +128,7 @@ def _rope_attention_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     cos: torch.Tensor | None, sin: torch.Tensor | None, num_text_tokens: int,
 ) -> torch.Tensor:
-    return _IMPLEMENTATIONS[_active](q, k, v, cos, sin, num_text_tokens).contiguous()
+    return _IMPLEMENTATIONS[implementation_for(q.device)](q, k, v, cos, sin, num_text_tokens).contiguous()
 
 
 @_rope_attention_op.register_fake
@@ -134,7 +161,7 @@ def _packed_rope_attention_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     cos: torch.Tensor | None, sin: torch.Tensor | None, num_text_tokens: int, segment_ids: torch.Tensor,
 ) -> torch.Tensor:
-    fn = _PACKED_IMPLEMENTATIONS.get(_active, reference_packed_rope_attention)
+    fn = _PACKED_IMPLEMENTATIONS.get(implementation_for(q.device), reference_packed_rope_attention)
     return fn(q, k, v, cos, sin, num_text_tokens, segment_ids).contiguous()
 
 
