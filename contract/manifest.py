@@ -124,6 +124,14 @@ def _checked(data: dict, schema: dict, where: str) -> dict:
     return data
 
 
+def _check_files(where: str, files: dict, directory: Path) -> None:
+    """Every listed file inside the directory, with a sha256 to check it by."""
+    for file_name, digest in files.items():
+        resolve_inside(directory, file_name)
+        if not (isinstance(digest, str) and len(digest) == SHA256_HEX and all(c in "0123456789abcdef" for c in digest)):
+            raise EngineDirectoryError(f"{where}.files[{file_name!r}] is not a sha256")
+
+
 def _check_record(name: str, record: StageRecord, directory: Path) -> None:
     from .shapes import ShapeProfile
 
@@ -143,10 +151,7 @@ def _check_record(name: str, record: StageRecord, directory: Path) -> None:
             names = [value] if key == "graphs" else value
             if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
                 raise EngineDirectoryError(f"{where}.{key}[{role!r}] must be {expected}")
-    for file_name, digest in record.files.items():
-        resolve_inside(directory, file_name)
-        if not (isinstance(digest, str) and len(digest) == SHA256_HEX and all(c in "0123456789abcdef" for c in digest)):
-            raise EngineDirectoryError(f"{where}.files[{file_name!r}] is not a sha256")
+    _check_files(where, record.files, directory)
     for role, file_name in record.graphs.items():
         if file_name not in record.files:  # every graph the runtime loads is hashed
             raise EngineDirectoryError(f"{where}.graphs[{role!r}] names {file_name!r}, which has no sha256 in files")
@@ -202,10 +207,7 @@ def _check_build(name: str, build: BuildRecord, stages: dict[str, StageRecord], 
     where = f"builds.{name}"
     if build.component != name or name not in stages:
         raise EngineDirectoryError(f"{where} is a build of {build.component!r}, which has no stage record")
-    for file_name, digest in build.files.items():
-        resolve_inside(directory, file_name)
-        if not (isinstance(digest, str) and len(digest) == SHA256_HEX and all(c in "0123456789abcdef" for c in digest)):
-            raise EngineDirectoryError(f"{where}.files[{file_name!r}] is not a sha256")
+    _check_files(where, build.files, directory)
     for role, file_name in build.plans.items():
         if role not in stages[name].graphs or file_name not in build.files:
             raise EngineDirectoryError(f"{where}.plans[{role!r}] names {file_name!r}: no such graph role or no sha256")
