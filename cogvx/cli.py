@@ -107,10 +107,18 @@ def _generate(model: str | None, prompt: str, negative_prompt: str, image: str |
         # every check that needs no weights runs first: a bad request is refused in a moment, not
         # after the model has loaded (or the whole video has been generated)
         out_path = check_output_path(out)
-        if backend == "onnxruntime" and engines is None:
-            raise UserError("--backend onnxruntime needs --engines ENGINES (made by `cogvx export`)")
-        if backend != "onnxruntime" and engines is not None:
-            raise UserError("--engines needs --backend onnxruntime")
+        if backend != "torch" and engines is None:
+            raise UserError(f"--backend {backend} needs --engines ENGINES (made by `cogvx export`"
+                            f"{' and `cogvx build`' if backend == 'tensorrt' else ''})")
+        if backend == "torch" and engines is not None:
+            raise UserError("--engines needs --backend onnxruntime or tensorrt")
+        open_stages = None
+        if backend == "tensorrt":
+            from cogvx.engines.tensorrt_build import require_tensorrt
+            from cogvx.engines.tensorrt_runtime import tensorrt_stages
+
+            require_tensorrt()  # one line saying what to install, before anything loads
+            open_stages = tensorrt_stages
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise UserError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu")
         if image is not None and not Path(image).is_file():
@@ -136,7 +144,8 @@ def _generate(model: str | None, prompt: str, negative_prompt: str, image: str |
         started = time.perf_counter()
         if engines is not None:
             directory = Path(engines)
-            pipe = CogVideoXPipeline.from_engines(engines, resolve_model(model) if model else None, device=device)
+            pipe = CogVideoXPipeline.from_engines(engines, resolve_model(model) if model else None, device=device,
+                                                  open_stages=open_stages)
         else:
             directory = resolve_model(model or "toy")
             pipe = CogVideoXPipeline.from_pretrained(directory, dtype=precision.torch_dtype, device=device)
@@ -211,8 +220,9 @@ def _with_options(options):
               "--engines, only stages the engine directory lacks run from it].")
 @click.option("--prompt", required=True, help="What the video shows.")
 @_with_options(_GENERATE_OPTIONS)
-@click.option("--backend", type=click.Choice(["torch", "onnxruntime"]), default="torch", show_default=True,
-              help="Run the stages as torch modules or as ONNX Runtime sessions of --engines.")
+@click.option("--backend", type=click.Choice(["torch", "onnxruntime", "tensorrt"]), default="torch",
+              show_default=True, help="Run the stages as torch modules, as ONNX Runtime sessions of --engines, or as "
+              "the TensorRT plans `cogvx build` made in --engines (needs tensorrt and a GPU).")
 @click.option("--engines", type=click.Path(file_okay=False), default=None, help="Engine directory (cogvx export).")
 @click.option("--attention", type=click.Choice(["auto", "reference"]), default="auto", show_default=True,
               help="Torch attention: auto (the Triton kernel on CUDA GPUs where triton is installed) or reference.")

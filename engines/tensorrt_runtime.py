@@ -107,5 +107,5 @@ def tensorrt_stages(directory: str | Path, verify: bool = True) -> tuple[dict[st
     directory = Path(directory)
     device = current_device()
     manifest = Manifest.load(directory)
-    return open_graph_stages(directory, lambda path, component: runner_for(manifest, directory, Path(path).resolve(),
-                                                                          component, device), verify)
+    return open_graph_stages(directory, lambda path, component, precision: runner_for(
+        manifest, directory, Path(path).resolve(), component, device), verify)

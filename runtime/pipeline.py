@@ -108,14 +108,16 @@ class CogVideoXPipeline:
 
     @classmethod
     def from_engines(cls, engine_dir: str | Path, model_dir: str | Path | None = None,
-                     providers: list[str] | None = None, device: torch.device | str = "cpu") -> CogVideoXPipeline:
-        """Stages from an engine directory on ONNX Runtime; stages it lacks come from the torch
-        checkpoint at `model_dir` when given (e.g. T5 in torch, the rest on ONNX Runtime)."""
+                     providers: list[str] | None = None, device: torch.device | str = "cpu",
+                     open_stages=None) -> CogVideoXPipeline:
+        """Stages from an engine directory on ONNX Runtime, or on whatever backend `open_stages(dir) ->
+        (stages, manifest)` opens (e.g. cogvx.engines.tensorrt_runtime.tensorrt_stages); stages it lacks
+        come from the torch checkpoint at `model_dir` when given (e.g. T5 in torch, the rest as engines)."""
         from cogvx.contract.manifest import EngineDirectoryError
         from cogvx.runtime.onnxruntime_backend import onnxruntime_stages
 
         engine_dir = Path(engine_dir)
-        stages, manifest = onnxruntime_stages(engine_dir, providers)
+        stages, manifest = open_stages(engine_dir) if open_stages else onnxruntime_stages(engine_dir, providers)
         config = manifest.model_config()
         denoiser = stages.get("denoiser")
         dtype = denoiser.precision.torch_dtype if denoiser is not None else torch.float32

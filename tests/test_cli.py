@@ -179,3 +179,27 @@ def test_judge_refuses_engines_that_cannot_make_toy_clips(runner, toy_engines, t
     assert result.exit_code == 2, result.output
     assert "frames 17 is outside this engine's profile (exactly 9)" in result.output
     assert "export with --profile 17x64x64" in result.output and not (tmp_path / "r").exists()
+
+
+def _has_tensorrt() -> bool:
+    from cogvx.engines.tensorrt_build import TensorRTMissing, require_tensorrt
+
+    try:
+        require_tensorrt()
+    except TensorRTMissing:
+        return False
+    return True
+
+
+@pytest.mark.skipif(_has_tensorrt(), reason="tensorrt is installed here: the refusal cannot be seen")
+def test_tensorrt_backend_without_tensorrt_is_one_line(runner, tmp_path):
+    """--backend tensorrt where tensorrt is not installed (every CPU machine here): what to install, exit 2,
+    before anything loads or is written."""
+    out = tmp_path / "never.mp4"
+    result = runner.invoke(main, ["generate", "--backend", "tensorrt", "--engines", str(tmp_path / "E"),
+                                  "--prompt", "a red square", "--out", str(out)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: TensorRT is not installed") and result.stderr.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+    result = runner.invoke(main, ["generate", "--backend", "tensorrt", "--prompt", "a red square", "--out", str(out)])
+    assert result.exit_code == 2 and "needs --engines ENGINES" in result.stderr
