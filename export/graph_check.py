@@ -22,6 +22,8 @@ from importlib import resources
 
 import onnx
 
+from .graph_passes import graph_nodes
+
 PLUGIN_ATTRIBUTES = ("plugin_namespace", "plugin_version")
 OPSET_23 = 23  # the standard attention form's opset (export/standard_attention.py)
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT: "FP32", onnx.TensorProto.FLOAT16: "FP16", onnx.TensorProto.BFLOAT16: "BF16"}
@@ -46,16 +48,6 @@ class GraphReport:
             raise ValueError(f"{name} is not TensorRT-ready: " + "; ".join(self.problems))
 
 
-def _nodes(graph: onnx.GraphProto):
-    for node in graph.node:
-        yield node
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                yield from _nodes(attribute.g)
-            for subgraph in attribute.graphs:
-                yield from _nodes(subgraph)
-
-
 def check_graph(model: onnx.ModelProto) -> GraphReport:
     """Ops against the support matrix, plugin attributes on custom nodes, explicit I/O dtypes, opset range."""
     support = tensorrt_support()
@@ -69,7 +61,7 @@ def check_graph(model: onnx.ModelProto) -> GraphReport:
         report.problems.append(f"opset {opset} is outside TensorRT's range {low}..{high}")
     local = {(f.domain, f.name) for f in model.functions}
     bodies = [node for function in model.functions for node in function.node]
-    for node in [*_nodes(model.graph), *bodies]:
+    for node in [*graph_nodes(model), *bodies]:
         if node.domain in ("", "ai.onnx"):
             report.op_types.add(node.op_type)
             entry = operators.get(node.op_type)

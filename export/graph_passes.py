@@ -69,7 +69,7 @@ def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
             yield from _graphs(subgraph)
 
 
-def _graph_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
+def graph_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
     """Every node of the main graph and its subgraphs."""
     for graph in _graphs(model.graph):
         yield from graph.node
@@ -77,7 +77,7 @@ def _graph_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
 
 def _all_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
     """Every node of the main graph, its subgraphs and the local function bodies."""
-    yield from _graph_nodes(model)
+    yield from graph_nodes(model)
     for function in model.functions:
         yield from function.node
 
@@ -129,7 +129,7 @@ def strip_metadata(model: onnx.ModelProto) -> None:
 # -- 2. fp32 normalization statistics -----------------------------------------------------------
 
 
-class _Names:
+class FreshNames:
     """Fresh value / node names, unique across the whole model."""
 
     def __init__(self, model: onnx.ModelProto):
@@ -173,18 +173,18 @@ def _normalization_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element types, complete for every normalization's data input. The exporter declares them
     all; shape inference fills in for a graph that does not (it does not need weight data)."""
     types = _elem_types(model)
-    if all(node.input[0] in types for node in _graph_nodes(model) if _is_normalization(node)):
+    if all(node.input[0] in types for node in graph_nodes(model) if _is_normalization(node)):
         return types
     inferred = onnx.shape_inference.infer_shapes(model)
     types |= _elem_types(inferred)
-    unknown = [node.name for node in _graph_nodes(inferred) if _is_normalization(node) and node.input[0] not in types]
+    unknown = [node.name for node in graph_nodes(inferred) if _is_normalization(node) and node.input[0] not in types]
     if unknown:
         raise ValueError(f"cannot tell the input dtype of normalization nodes {unknown[:5]}: the exported graph "
                          "declares no type for them and shape inference found none; export with value_info")
     return types
 
 
-def _in_fp32(node: onnx.NodeProto, dtype: int, names: _Names, fp32_of: dict[str, str]) -> list[onnx.NodeProto]:
+def _in_fp32(node: onnx.NodeProto, dtype: int, names: FreshNames, fp32_of: dict[str, str]) -> list[onnx.NodeProto]:
     """[Cast in]*, node (now fp32), Cast back to `dtype` under the node's original output name."""
     added = []
     for index in range(min(NORMALIZATIONS[node.op_type], len(node.input))):
@@ -205,7 +205,7 @@ def _in_fp32(node: onnx.NodeProto, dtype: int, names: _Names, fp32_of: dict[str,
     return [*added, node, back]
 
 
-def _rewrite_graph(graph: onnx.GraphProto, types: dict[str, int], names: _Names) -> int:
+def _rewrite_graph(graph: onnx.GraphProto, types: dict[str, int], names: FreshNames) -> int:
     """Rewrite the 16-bit normalizations of one graph (and its subgraphs) in place; returns how many."""
     rewritten, nodes, fp32_of = 0, [], {}
     for node in graph.node:
@@ -232,9 +232,9 @@ def normalization_statistics_in_fp32(model: onnx.ModelProto) -> int:
 
     Local function bodies are left alone: they carry no types to tell a 16-bit norm by (the one
     function the exporter's graphs hold, the attention reference, has no normalization)."""
-    if not any(_is_normalization(node) for node in _graph_nodes(model)):
+    if not any(_is_normalization(node) for node in graph_nodes(model)):
         return 0
-    rewritten = _rewrite_graph(model.graph, _normalization_types(model), _Names(model))
+    rewritten = _rewrite_graph(model.graph, _normalization_types(model), FreshNames(model))
     if rewritten:
         logger.debug("%d 16-bit normalization nodes now compute their statistics in fp32", rewritten)
     return rewritten
@@ -248,7 +248,7 @@ def drop_unused_functions(model: onnx.ModelProto) -> None:
     imports of domains no node uses; the default domain always stays."""
     functions = {(f.domain, f.name): f for f in model.functions}
     called: set[tuple[str, str]] = set()
-    pending = list(_graph_nodes(model))
+    pending = list(graph_nodes(model))
     while pending:
         node = pending.pop()
         key = (node.domain, node.op_type)

@@ -42,6 +42,7 @@ from cogvx.contract.components import ATTENTION_FORMS
 from cogvx.errors import CogvxError
 
 from .attention_op import DOMAIN, OP_TYPE
+from .graph_passes import FreshNames, graph_nodes
 
 logger = logging.getLogger(__name__)
 
@@ -86,16 +87,6 @@ def opset_change_problems(op_types: set[str], old: int, new: int = OPSET) -> lis
     return problems
 
 
-def _nodes(graph: onnx.GraphProto):
-    for node in graph.node:
-        yield node
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                yield from _nodes(attribute.g)
-            for subgraph in attribute.graphs:
-                yield from _nodes(subgraph)
-
-
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     """Value name -> element type, as the exporter declared them (shape inference where it did not)."""
     def declared(graph: onnx.GraphProto) -> dict[str, int]:
@@ -108,23 +99,6 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-class _Names:
-    """Fresh value and node names, unique in the graph."""
-
-    def __init__(self, graph: onnx.GraphProto):
-        self.taken = {v.name for v in [*graph.input, *graph.output, *graph.value_info, *graph.initializer]}
-        for node in _nodes(graph):
-            self.taken |= {node.name, *node.input, *node.output}
-
-    def __call__(self, stem: str) -> str:
-        name, count = stem, 0
-        while name in self.taken:
-            count += 1
-            name = f"{stem}_{count}"
-        self.taken.add(name)
-        return name
-
-
 def _attribute(node: onnx.NodeProto, name: str):
     found = [a for a in node.attribute if a.name == name]
     if not found:
@@ -132,19 +106,19 @@ def _attribute(node: onnx.NodeProto, name: str):
     return helper.get_attribute_value(found[0])
 
 
-def _replacement(node: onnx.NodeProto, dtype: int | None, names: _Names, caches: dict, constants: dict) -> list:
+def _replacement(node: onnx.NodeProto, dtype: int | None, names: FreshNames, caches: dict, constants: dict) -> list:
     """The standard-op nodes computing what one RoPEAttention3D node computes, under its output name."""
     make = helper.make_node
     q, k, v, cos, sin = node.input
     (out,) = node.output
     text = int(_attribute(node, "num_text_tokens"))
-    stem = node.name or names("attention")
+    stem = node.name or names.fresh("attention")
     nodes: list[onnx.NodeProto] = []
 
     def constant(name: str, values: list[int]) -> str:
         if name not in constants:
-            constants[name] = names(f"standard_attention_{name}")
-            nodes.append(make("Constant", [], [constants[name]], name=names(f"{constants[name]}_node"),
+            constants[name] = names.fresh(f"standard_attention_{name}")
+            nodes.append(make("Constant", [], [constants[name]], name=names.fresh(f"{constants[name]}_node"),
                               value=helper.make_tensor(constants[name], TensorProto.INT64, [len(values)], values)))
         return constants[name]
 
@@ -154,41 +128,41 @@ def _replacement(node: onnx.NodeProto, dtype: int | None, names: _Names, caches:
     if (cos, sin) not in caches:  # one set of caches per pair of tables, shared by every layer
         halves = []
         for table in (cos, sin):
-            half = names(f"{table}_half")
+            half = names.fresh(f"{table}_half")
             # pairs share one angle: every second column is the (V, Dh / 2) cache
-            nodes.append(make("Slice", [table, zero, end, axis1, two], [half], name=names(f"{half}_node")))
+            nodes.append(make("Slice", [table, zero, end, axis1, two], [half], name=names.fresh(f"{half}_node")))
             halves.append(half)
         caches[(cos, sin)] = halves
     cos_half, sin_half = caches[(cos, sin)]
 
-    batch, half_shape, cache_shape = names(f"{stem}_batch"), names(f"{stem}_half_shape"), names(f"{stem}_cache_shape")
-    nodes += [make("Shape", [q], [batch], name=names(f"{batch}_node"), start=0, end=1),  # [B]
-              make("Shape", [cos_half], [half_shape], name=names(f"{half_shape}_node")),  # [V, Dh / 2]
-              make("Concat", [batch, half_shape], [cache_shape], name=names(f"{cache_shape}_node"), axis=0)]
-    cos_cache, sin_cache = names(f"{stem}_cos_cache"), names(f"{stem}_sin_cache")
-    nodes += [make("Expand", [cos_half, cache_shape], [cos_cache], name=names(f"{cos_cache}_node")),  # (B, V, Dh/2)
-              make("Expand", [sin_half, cache_shape], [sin_cache], name=names(f"{sin_cache}_node"))]
+    batch, half_shape, cache_shape = names.fresh(f"{stem}_batch"), names.fresh(f"{stem}_half_shape"), names.fresh(f"{stem}_cache_shape")
+    nodes += [make("Shape", [q], [batch], name=names.fresh(f"{batch}_node"), start=0, end=1),  # [B]
+              make("Shape", [cos_half], [half_shape], name=names.fresh(f"{half_shape}_node")),  # [V, Dh / 2]
+              make("Concat", [batch, half_shape], [cache_shape], name=names.fresh(f"{cache_shape}_node"), axis=0)]
+    cos_cache, sin_cache = names.fresh(f"{stem}_cos_cache"), names.fresh(f"{stem}_sin_cache")
+    nodes += [make("Expand", [cos_half, cache_shape], [cos_cache], name=names.fresh(f"{cos_cache}_node")),  # (B, V, Dh/2)
+              make("Expand", [sin_half, cache_shape], [sin_cache], name=names.fresh(f"{sin_cache}_node"))]
 
     roped = []
     for x in (q, k):
-        p = lambda s, x=x: names(f"{stem}_{x}_{s}")  # noqa: E731
+        p = lambda s, x=x: names.fresh(f"{stem}_{x}_{s}")  # noqa: E731
         vision, vision_f, rotated_f, rotated = p("vision"), p("vision_f"), p("rotated_f"), p("rotated")
         nodes += [
-            make("Slice", [x, text_len, end, axis2], [vision], name=names(f"{vision}_node")),  # (B, N, V, Dh)
-            make("Cast", [vision], [vision_f], name=names(f"{vision_f}_node"), to=TensorProto.FLOAT),
-            make("RotaryEmbedding", [vision_f, cos_cache, sin_cache], [rotated_f], name=names(f"{rotated_f}_node"),
+            make("Slice", [x, text_len, end, axis2], [vision], name=names.fresh(f"{vision}_node")),  # (B, N, V, Dh)
+            make("Cast", [vision], [vision_f], name=names.fresh(f"{vision_f}_node"), to=TensorProto.FLOAT),
+            make("RotaryEmbedding", [vision_f, cos_cache, sin_cache], [rotated_f], name=names.fresh(f"{rotated_f}_node"),
                  interleaved=1),
-            make("CastLike", [rotated_f, x], [rotated], name=names(f"{rotated}_node")),  # back to the model dtype
+            make("CastLike", [rotated_f, x], [rotated], name=names.fresh(f"{rotated}_node")),  # back to the model dtype
         ]
         if text:
             x_text, x_roped = p("text"), p("roped")
-            nodes += [make("Slice", [x, zero, text_len, axis2], [x_text], name=names(f"{x_text}_node")),  # (B, N, L, Dh)
-                      make("Concat", [x_text, rotated], [x_roped], name=names(f"{x_roped}_node"), axis=2)]
+            nodes += [make("Slice", [x, zero, text_len, axis2], [x_text], name=names.fresh(f"{x_text}_node")),  # (B, N, L, Dh)
+                      make("Concat", [x_text, rotated], [x_roped], name=names.fresh(f"{x_roped}_node"), axis=2)]
             roped.append(x_roped)
         else:
             roped.append(rotated)
     fp32_softmax = {} if dtype == TensorProto.FLOAT else {"softmax_precision": TensorProto.FLOAT}
-    nodes.append(make("Attention", [roped[0], roped[1], v], [out], name=names(f"{stem}_attention"), **fp32_softmax))
+    nodes.append(make("Attention", [roped[0], roped[1], v], [out], name=names.fresh(f"{stem}_attention"), **fp32_softmax))
     return nodes
 
 
@@ -197,7 +171,7 @@ def to_standard_attention(model: onnx.ModelProto) -> onnx.ModelProto:
     default opset raised to 23, the cogvx function and domain dropped. In place; returns the model.
     A graph without the node is returned unchanged (its opset too)."""
     targets = [node for node in model.graph.node if node.domain == DOMAIN and node.op_type == OP_TYPE]
-    nested = sum(1 for node in _nodes(model.graph) if node.domain == DOMAIN and node.op_type == OP_TYPE)
+    nested = sum(1 for node in graph_nodes(model) if node.domain == DOMAIN and node.op_type == OP_TYPE)
     if nested != len(targets):
         raise StandardAttentionError(f"{nested - len(targets)} {OP_TYPE} nodes sit inside If / Loop / Scan bodies, "
                                      "which this pass does not rewrite; export with --attention plugin")
@@ -206,13 +180,13 @@ def to_standard_attention(model: onnx.ModelProto) -> onnx.ModelProto:
     opset = next(o for o in model.opset_import if o.domain in _DEFAULT_DOMAINS)
     if opset.version > OPSET:
         raise StandardAttentionError(f"the graph is at opset {opset.version}, above the {OPSET} this pass writes")
-    used = {node.op_type for node in _nodes(model.graph) if node.domain in _DEFAULT_DOMAINS}
+    used = {node.op_type for node in graph_nodes(model) if node.domain in _DEFAULT_DOMAINS}
     problems = opset_change_problems(used, opset.version)
     if problems:
         raise StandardAttentionError("cannot raise the graph to opset 23 for the standard attention form: "
                                      + "; ".join(problems) + "; export with --attention plugin")
     types = _elem_types(model)
-    names, caches, constants = _Names(model.graph), {}, {}
+    names, caches, constants = FreshNames(model), {}, {}
     rewritten = []
     for node in model.graph.node:
         if node.domain == DOMAIN and node.op_type == OP_TYPE:
