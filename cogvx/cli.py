@@ -93,12 +93,12 @@ def _generate(model: str | None, prompt: str, negative_prompt: str, image: str |
               scheduler: str, seed: int, dtype: str, device: str, out: str, backend: str = "torch",
               engines: str | None = None, judge_video: bool = False, attention: str = "auto") -> None:
     from cogvx.contract.manifest import Manifest
-    from cogvx.contract.shapes import ProfileError, ShapeProfile, ShapeSpec
+    from cogvx.contract.shapes import ShapeProfile, ShapeSpec
     from cogvx.engines.attention import select_attention
     from cogvx.models import resolve_model
     from cogvx.modeling.model_dir import load_model_config
     from cogvx.runtime.pipeline import (
-        CogVideoXPipeline, PipelineInputError, check_request, engines_model_config, request_size,
+        CogVideoXPipeline, check_profiles, check_request, engines_model_config, request_size,
     )
     from cogvx.runtime.video_io import check_output_path, write_video
 
@@ -134,11 +134,7 @@ def _generate(model: str | None, prompt: str, negative_prompt: str, image: str |
         check_request(config, batch=1, num_frames=frames, height=height, width=width, steps=steps, guidance=guidance,
                       scheduler=scheduler, image=image is not None, device=device, dtype=precision.torch_dtype,
                       seed=seed)
-        for profile in profiles:
-            try:
-                profile.check(ShapeSpec(1, frames, height, width, config.max_text_len))
-            except ProfileError as error:
-                raise PipelineInputError(str(error)) from None
+        check_profiles(profiles, ShapeSpec(1, frames, height, width, config.max_text_len))
         select_attention(attention)  # auto: the Triton kernel runs CUDA tensors' attention where triton is installed
 
         started = time.perf_counter()

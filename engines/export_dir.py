@@ -48,6 +48,13 @@ class ExportResult:
     seconds: float
 
 
+def checkpoint_fingerprints(model_dir: Path) -> dict[str, str]:
+    """Every folder of the checkpoint, not only the exported ones: a directory belongs to one
+    checkpoint, and a later export (or a --model beside --engines) from another is caught."""
+    return {folder: folder_fingerprint(model_dir / folder) for folder in CHECKPOINT_FOLDERS
+            if (model_dir / folder).is_dir()}
+
+
 def check_components(model_dir: Path, components: list[str]) -> None:
     unknown = [c for c in components if c not in COMPONENTS]
     if unknown:
@@ -134,10 +141,7 @@ def export_engines(model_dir: str | Path, out: str | Path, components: list[str]
     model = load_model_config(model_dir)
     check_components(model_dir, components)
     profile.validate_for(model)
-    # Every folder of the checkpoint, not only the exported ones: a directory belongs to one
-    # checkpoint, and a later export (or a --model beside --engines) from another is caught.
-    sources = {folder: folder_fingerprint(model_dir / folder) for folder in CHECKPOINT_FOLDERS
-               if (model_dir / folder).is_dir()}
+    sources = checkpoint_fingerprints(model_dir)
     with _one_export_at_a_time(out):
         manifest = _open_directory(out, model_dir, model, sources, force)
         if precision.is_quantized:
@@ -254,8 +258,7 @@ def calibrate_engines(model_dir: str | Path, out: str | Path, config, prompts: l
 
     model_dir, out = Path(model_dir), Path(out)
     model = load_model_config(model_dir)
-    sources = {folder: folder_fingerprint(model_dir / folder) for folder in CHECKPOINT_FOLDERS
-               if (model_dir / folder).is_dir()}
+    sources = checkpoint_fingerprints(model_dir)
     with _one_export_at_a_time(out):
         manifest = _open_directory(out, model_dir, model, sources, force=False)
         pipe = CogVideoXPipeline.from_pretrained(model_dir)  # the fp32 reference is what is calibrated

@@ -145,14 +145,8 @@ class CogVideoXPipeline:
 
     def check_profiles(self, batch: int, num_frames: int, height: int, width: int) -> None:
         """Refuse a request outside any engine stage's shape profile, before any run."""
-        spec = ShapeSpec(batch, num_frames, height, width, self.config.max_text_len)
-        for name, stage in self.stages.items():
-            profile = stage.profile
-            if profile is not None:
-                try:
-                    profile.check(spec)
-                except ProfileError as error:
-                    raise PipelineInputError(str(error)) from None
+        check_profiles([stage.profile for stage in self.stages.values()],
+                       ShapeSpec(batch, num_frames, height, width, self.config.max_text_len))
 
     # -- text --------------------------------------------------------------------------------------
 
@@ -323,6 +317,16 @@ def engines_model_config(manifest) -> ModelConfig:
         opt = ShapeProfile.from_dict(record.profile).opt
         config = dataclasses.replace(config, num_frames=opt.frames, height=opt.height, width=opt.width)
     return config
+
+
+def check_profiles(profiles: list[ShapeProfile | None], spec: ShapeSpec) -> None:
+    """Refuse a request outside any of the profiles (None: a stage that takes any shape)."""
+    for profile in profiles:
+        if profile is not None:
+            try:
+                profile.check(spec)
+            except ProfileError as error:
+                raise PipelineInputError(str(error)) from None
 
 
 def check_finite(tensor: torch.Tensor, stage: str, advice: str) -> torch.Tensor:
