@@ -10,6 +10,7 @@ runtime/graph_stage.py's.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,52 @@ def fuses_qdq_correctly(precision: Precision) -> bool:
     return precision != Precision.INT8 or cpu_has_vnni()
 
 
+@dataclass(frozen=True)
+class SessionSettings:
+    """The ONNX Runtime session settings of one stage, chosen by measurement (docs/onnxruntime-performance.md).
+
+    `program_order`: run the nodes in the graph's own order (the order torch ran them) instead of
+    ONNX Runtime's default reverse-DFS order, which hoists every node that depends only on a graph
+    input to the start. In the VAE decoder that is each SpatialNorm's 1x1x1 convolutions of the
+    upsampled latents: 17 full-resolution tensors alive at once, 3.3 GiB of activations at
+    9x128x192 where the graph's own order needs 1.0 GiB (process peak 3540 -> 1136 MiB). ORT's priority order (lowest node index first) is program order as
+    long as no optimizer adds nodes, so `program_order` also keeps graph optimization at the basic
+    level (its fusions append nodes at the end of the index range, which runs them late).
+    `arena`: each session's CPU arena keeps its high-water mark; streaming stages run several
+    graphs in a row, so there it is off. `threads`: intra-op threads (0: ONNX Runtime's choice,
+    one per physical core)."""
+
+    program_order: bool = False
+    arena: bool = True
+    threads: int = 0
+
+
+STREAMING = SessionSettings(program_order=True, arena=False)  # stages with conv caches as I/O (the VAE decoder)
+
+
+def settings_for(component: Component) -> SessionSettings:
+    """Streaming stages (conv caches as graph I/O) get STREAMING, every other stage the defaults."""
+    return STREAMING if component.cache is not None else SessionSettings()
+
+
+def session_options(settings: SessionSettings, precision: Precision = Precision.FP32):
+    """`onnxruntime.SessionOptions` for a stage's settings and its graph's precision."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = settings.threads
+    if not fuses_qdq_correctly(precision):
+        # run Q/DQ as written (DequantizeLinear, float MatMul) instead of ORT's fused integer kernels
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
+    if not settings.arena:
+        options.enable_cpu_mem_arena = options.enable_mem_pattern = False
+    if settings.program_order:
+        options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    return options
+
+
 def default_providers() -> list[str]:
     import onnxruntime as ort
 
@@ -63,20 +110,11 @@ def default_providers() -> list[str]:
 class OnnxRuntimeRunner:
     """One graph in an `onnxruntime.InferenceSession`: torch in, torch out, no copies."""
 
-    def __init__(self, path: Path, providers: list[str], low_memory: bool = False,
+    def __init__(self, path: Path, providers: list[str], settings: SessionSettings = SessionSettings(),
                  precision: Precision = Precision.FP32):
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if not fuses_qdq_correctly(precision):
-            # run Q/DQ as written (DequantizeLinear, float MatMul) instead of ORT's fused integer kernels
-            options.add_session_config_entry("session.disable_quant_qdq", "1")
-        if low_memory:
-            # Each session's CPU arena keeps its high-water mark: with the arena on, the two decoder
-            # graphs held 7.8 GB at 17x128x192 against 3.7 GB off (benchmarks/onnxruntime_backend.py),
-            # at no cost in speed there.
-            options.enable_cpu_mem_arena = options.enable_mem_pattern = False
+        options = session_options(settings, precision)
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as error:  # onnxruntime raises its own exception types
@@ -116,7 +154,6 @@ def onnxruntime_stages(directory: str | Path, providers: list[str] | None = None
     logger.info("ONNX Runtime providers: %s", providers)
 
     def make_runner(path: Path, component: Component, precision: Precision) -> OnnxRuntimeRunner:
-        # streaming stages run many small graphs in a row: no arena that keeps each one's peak
-        return OnnxRuntimeRunner(path, providers, low_memory=component.cache is not None, precision=precision)
+        return OnnxRuntimeRunner(path, providers, settings_for(component), precision)
 
     return open_graph_stages(directory, make_runner, verify)
