@@ -34,6 +34,7 @@ import onnx
 from onnx import helper
 
 from cogvx.errors import CogvxError
+from cogvx.export.attention_op import DERIVED_TEXT
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +87,9 @@ def plugin_attribute_problems(node: onnx.NodeProto, spec: PluginSpec = ROPE_ATTE
     if extra:
         problems.append(f"{where} has attributes {extra} that plugin {spec.plugin_id} does not declare")
     if "num_text_tokens" in found and found["num_text_tokens"].type == onnx.AttributeProto.INT \
-            and found["num_text_tokens"].i < 0:
-        problems.append(f"{where} num_text_tokens is {found['num_text_tokens'].i}, below 0")
+            and found["num_text_tokens"].i < DERIVED_TEXT:
+        problems.append(f"{where} num_text_tokens is {found['num_text_tokens'].i}, below {DERIVED_TEXT} "
+                        "(-1: derived from the shapes)")
     return problems
 
 
@@ -104,13 +106,14 @@ def baked_attributes(model: onnx.ModelProto, spec: PluginSpec = ROPE_ATTENTION) 
 
 def check_baked_attributes(plugins: dict[str, dict], text_len: tuple[int, int]) -> None:
     """The attributes a plan was built with fit the stage: every attention's text prefix is the
-    profile's text length, which must then be one number (the plan cannot take another)."""
+    profile's text length, which must then be one number (the plan cannot take another), or is
+    derived from the shapes at run time (DERIVED_TEXT, exported for a dynamic text length)."""
     low, high = text_len
     for node, attributes in plugins.items():
         value = attributes.get("num_text_tokens")
         if value is None:
             raise PluginError(f"the build record has no num_text_tokens for plugin node {node}; run `cogvx build` again")
-        if not low == value == high:
+        if value != DERIVED_TEXT and not low == value == high:
             raise PluginError(f"plugin node {node} was built for {value} text tokens, the stage takes {low} to {high}: "
                               "an ahead-of-time plugin cannot change it; export with a fixed --text-len and build again")
 
@@ -200,7 +203,8 @@ def register_tensorrt_plugin() -> None:
         launch.block_x = kernel.metadata.num_warps * 32
         launch.shared_mem = kernel.metadata.shared
         contiguous = [N * S * D, S * D, D, 1]  # (B, N, S, Dh) strides; the same for q, k, v and out
-        scalars = [*contiguous * 4, D, 1, N, S, num_text_tokens]  # + table strides (V, Dh), heads, tokens, text
+        text = num_text_tokens if num_text_tokens != DERIVED_TEXT else S - cos.shape_expr[0]  # rows before V
+        scalars = [*contiguous * 4, D, 1, N, S, text]  # + table strides (V, Dh), heads, tokens, text
         assert len(scalars) == INT_ARGUMENTS
         extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(value) for value in scalars])
         scratch = getattr(kernel.metadata, "global_scratch_size", 0) + getattr(kernel.metadata, "profile_scratch_size", 0)
@@ -213,7 +217,8 @@ def register_tensorrt_plugin() -> None:
         with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
             q_t, k_t, v_t, cos_t, sin_t = (torch.as_tensor(t, device="cuda") for t in (q, k, v, cos, sin))
             out = torch.as_tensor(outputs[0], device="cuda")
-            out.copy_(triton_rope_attention(q_t, k_t, v_t, cos_t, sin_t, int(num_text_tokens)))
+            text = int(num_text_tokens) if num_text_tokens != DERIVED_TEXT else q_t.shape[2] - cos_t.shape[0]
+            out.copy_(triton_rope_attention(q_t, k_t, v_t, cos_t, sin_t, text))
 
     _registered = True
     logger.info("TensorRT plugin %s registered (AOT Triton kernel, JIT fallback)", plugin_id)

@@ -3,7 +3,9 @@
 The node is opaque to the exporter (emitted through `custom_translation_table` with a registered
 `OpSchema`) and carries:
 - attributes `num_text_tokens`, and `plugin_namespace` / `plugin_version`, which TensorRT's
-  plugin registry reads to swap in the fused kernel without re-exporting;
+  plugin registry reads to swap in the fused kernel without re-exporting. `num_text_tokens` is
+  DERIVED_TEXT (-1) when the profile's text length is dynamic: the text rows are then the rows
+  before the last V, V being the RoPE tables' rows (`text = S - V`);
 - a model-local FunctionProto of the same name with the reference math in standard ONNX ops, so
   ONNX Runtime (which inlines local functions) runs it as is.
 
@@ -23,6 +25,7 @@ from onnx.defs import OpSchema
 DOMAIN = "cogvx"
 OP_TYPE = "RoPEAttention3D"
 PLUGIN_VERSION = "1"
+DERIVED_TEXT = -1  # num_text_tokens of a node whose text length is dynamic: S minus the tables' rows
 
 SCHEMA = OpSchema(
     OP_TYPE, DOMAIN, 1,
@@ -33,7 +36,8 @@ SCHEMA = OpSchema(
     outputs=[OpSchema.FormalParameter("out", "T")],
     type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "q, k, v, out"),
                       ("F", ["tensor(float)"], "RoPE tables (V, Dh)")],
-    attributes=[OpSchema.Attribute("num_text_tokens", OpSchema.AttrType.INT, "text rows, not rotated"),
+    attributes=[OpSchema.Attribute("num_text_tokens", OpSchema.AttrType.INT,
+                                   "text rows, not rotated (-1: all but the last V rows, V = rows of cos)"),
                 OpSchema.Attribute("plugin_namespace", OpSchema.AttrType.STRING, "TensorRT plugin namespace"),
                 OpSchema.Attribute("plugin_version", OpSchema.AttrType.STRING, "TensorRT plugin version")],
 )
@@ -54,9 +58,10 @@ def translation():
     register_schema()
     op = onnxscript.values.Op(onnxscript.values.Opset(DOMAIN, 1), OP_TYPE, SCHEMA)
 
-    def rope_attention(q, k, v, cos, sin, num_text_tokens: int):
-        return op(q, k, v, cos, sin, num_text_tokens=num_text_tokens, plugin_namespace=DOMAIN,
-                  plugin_version=PLUGIN_VERSION)
+    def rope_attention(q, k, v, cos, sin, num_text_tokens):
+        # a dynamic text length reaches the translation as a symbolic value, not an int
+        text = num_text_tokens if isinstance(num_text_tokens, int) else DERIVED_TEXT
+        return op(q, k, v, cos, sin, num_text_tokens=text, plugin_namespace=DOMAIN, plugin_version=PLUGIN_VERSION)
 
     return rope_attention
 
@@ -71,7 +76,15 @@ def function_proto(opset: int = 20) -> onnx.FunctionProto:
         n("Constant", [], ["text_scalar"], value_int=0),
     ]
     nodes[-1].attribute[0].ref_attr_name = "num_text_tokens"
-    nodes.append(n("Reshape", ["text_scalar", "one"], ["text_len"]))
+    nodes += [
+        n("Reshape", ["text_scalar", "one"], ["text_given"]),
+        # DERIVED_TEXT (-1): the text rows are those before the tables' V rows
+        n("Shape", ["q"], ["rows"], start=2, end=3),
+        n("Shape", ["cos"], ["table_rows"], start=0, end=1),
+        n("Sub", ["rows", "table_rows"], ["text_derived"]),
+        n("Less", ["text_given", "zero"], ["text_is_derived"]),
+        n("Where", ["text_is_derived", "text_derived", "text_given"], ["text_len"]),
+    ]
 
     def rotate(prefix: str, x: str) -> list[onnx.NodeProto]:
         """x (B, N, V, Dh) fp32 -> x cos + rotate_pairs(x) sin, rotate_pairs (a, b) -> (-b, a)."""

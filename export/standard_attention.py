@@ -41,7 +41,7 @@ from onnx import TensorProto, helper
 from cogvx.contract.components import ATTENTION_FORMS
 from cogvx.errors import CogvxError
 
-from .attention_op import DOMAIN, OP_TYPE
+from .attention_op import DERIVED_TEXT, DOMAIN, OP_TYPE
 from .graph_passes import FreshNames, graph_nodes
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,13 @@ def _replacement(node: onnx.NodeProto, dtype: int | None, names: FreshNames, cac
 
     zero, two, end = constant("zero", [0]), constant("two", [2]), constant("end", [_END])
     axis1, axis2 = constant("axis1", [1]), constant("axis2", [2])
-    text_len = constant(f"text_{text}", [text])
+    if text == DERIVED_TEXT:  # dynamic text length: the rows before the tables' V rows
+        rows, table_rows, text_len = (names.fresh(f"{stem}_{s}") for s in ("rows", "table_rows", "text_len"))
+        nodes += [make("Shape", [q], [rows], name=names.fresh(f"{rows}_node"), start=2, end=3),
+                  make("Shape", [cos], [table_rows], name=names.fresh(f"{table_rows}_node"), start=0, end=1),
+                  make("Sub", [rows, table_rows], [text_len], name=names.fresh(f"{text_len}_node"))]
+    else:
+        text_len = constant(f"text_{text}", [text])
     if (cos, sin) not in caches:  # one set of caches per pair of tables, shared by every layer
         halves = []
         for table in (cos, sin):

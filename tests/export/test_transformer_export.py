@@ -83,3 +83,26 @@ def test_static_profile(tmp_path):
     inputs = descriptor.sample_inputs(profile.opt)
     assert error(run(session, descriptor, inputs), reference(transformer, descriptor, inputs)) <= TOLERANCE
     assert not list(tmp_path.glob(".*tmp"))  # nothing temporary left behind
+
+
+@pytest.mark.parametrize("form", ["plugin", "standard"])
+@pytest.mark.parametrize("variant", ["5b", "1.5"])
+def test_dynamic_text_length_with_rope(variant, form, tmp_path):
+    """A text length that varies across the profile: the attention's text prefix cannot be a fixed
+    attribute, so the node says DERIVED_TEXT (-1) and the graph takes it from the shapes (rows minus
+    the RoPE tables' rows); both attention forms against torch at three text lengths."""
+    from cogvx.export.attention_op import DERIVED_TEXT
+
+    transformer, descriptor = tiny(variant)
+    max_text = TINY_TRANSFORMERS[variant]["max_text_seq_length"]
+    low, high = ShapeSpec(1, 9, 32, 32, 2), ShapeSpec(1, 9, 32, 32, max_text)
+    profile = ShapeProfile(low, high, high)
+    (graph,) = export_component(descriptor, transformer, profile, torch.float32, tmp_path, attention=form)
+    model = onnx.load(tmp_path / graph.file_name)
+    if form == "plugin":
+        texts = {a.i for n in model.graph.node if n.domain == "cogvx" for a in n.attribute if a.name == "num_text_tokens"}
+        assert texts == {DERIVED_TEXT}
+    session = ort.InferenceSession(str(tmp_path / graph.file_name), providers=["CPUExecutionProvider"])
+    for text_len in (2, max_text - 2, max_text):
+        inputs = descriptor.sample_inputs(ShapeSpec(1, 9, 32, 32, text_len), batch=2, seed=text_len)
+        assert error(run(session, descriptor, inputs), reference(transformer, descriptor, inputs)) <= TOLERANCE
