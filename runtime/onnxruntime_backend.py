@@ -60,9 +60,11 @@ class SessionSettings:
     ONNX Runtime's default reverse-DFS order, which hoists every node that depends only on a graph
     input to the start. In the VAE decoder that is each SpatialNorm's 1x1x1 convolutions of the
     upsampled latents: 17 full-resolution tensors alive at once, 3.3 GiB of activations at
-    9x128x192 where the graph's own order needs 1.0 GiB (process peak 3540 -> 1136 MiB). ORT's priority order (lowest node index first) is program order as
-    long as no optimizer adds nodes, so `program_order` also keeps graph optimization at the basic
-    level (its fusions append nodes at the end of the index range, which runs them late).
+    9x128x192 where the graph's own order needs 1.0 GiB (process peak 3540 -> 1136 MiB). ORT's
+    priority order (the ready node of lowest index first) is program order as long as no optimizer
+    adds nodes, so `program_order` also keeps graph optimization at the basic level, which adds
+    none (the extended level's fusions get indices after every original node, run late, and bring
+    the hoisting back: 3545 MiB).
     `arena`: each session's CPU arena keeps its high-water mark; streaming stages run several
     graphs in a row, so there it is off. `threads`: intra-op threads (0: ONNX Runtime's choice,
     one per physical core)."""
