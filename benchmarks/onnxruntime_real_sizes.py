@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from attention_forms import alternate
 from onnxruntime_backend import _reset_peak, _status
 
 RESULTS = Path(__file__).parent / "results"
@@ -46,19 +46,6 @@ def relative(got: np.ndarray, expected: np.ndarray) -> float:
 
 
 # -- transformer ---------------------------------------------------------------------------------
-
-def _alternating_medians(fns: dict, repeats: int) -> dict[str, float]:
-    """Median milliseconds of each callable, called in turn `repeats` times after one warm-up each."""
-    for fn in fns.values():
-        fn()  # warm-up (ORT prepacks weights on the first run)
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            started = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - started)
-    return {name: 1000 * statistics.median(values) for name, values in times.items()}
-
 
 def _transformer_row(descriptor, module, spec, repeats: int) -> dict:
     """torch vs the ORT backend on the plugin-form graph (the default export) and the standard-op graph."""
@@ -88,7 +75,7 @@ def _transformer_row(descriptor, module, spec, repeats: int) -> dict:
             fns[form] = lambda runner=runner: next(iter(runner(dict(feeds)).values())).numpy()
         expected = run_torch()
         errors = {f"error_vs_torch_{form}": relative(fns[form](), expected) for form in ("plugin", "standard")}
-        ms = _alternating_medians(fns, repeats)
+        ms = alternate(fns, repeats)
     return {"torch_ms": round(ms["torch"]), "onnxruntime_ms": round(ms["plugin"]),
             "onnxruntime_standard_attention_ms": round(ms["standard"]),
             "ratio_torch_over_onnxruntime": round(ms["torch"] / ms["plugin"], 2),
