@@ -99,6 +99,20 @@ def test_optimization_profiles_are_the_shapes_the_stages_feed(dynamic_engines):
     assert checked == 3 * sum(len(r.graphs) for r in manifest.stages.values()) == 3 * 6  # decoder: first_2, first_3, next
 
 
+def test_torch_tensorrt_input_ranges_are_the_build_profile(dynamic_engines):
+    """torch-tensorrt's dynamic inputs for the traced transformer (engines/torch_trt.py) are the
+    optimization profile `cogvx build` gives the exported graph: one profile, two compilers."""
+    from cogvx.engines.torch_trt import input_ranges
+
+    _, out, manifest, profile = dynamic_engines
+    model = manifest.model_config()
+    inputs, _ = graph_io(onnx.load(out / "transformer.onnx", load_external_data=False))
+    ranges = input_ranges(model, profile)
+    assert {name: shapes for name, (shapes, _) in ranges.items()} == optimization_profile("transformer", model, profile,
+                                                                                          inputs)
+    assert ranges["timestep"][1] == torch.int64 and ranges["latents"][1] == torch.float32
+
+
 def test_buffers_at_the_max_profile_are_the_tensor_sizes(dynamic_engines):
     checkpoint, out, manifest, profile = dynamic_engines
     model = manifest.model_config()

@@ -18,6 +18,7 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,7 @@ def test_tensorrt_calls_type_check_against_the_stubs(tmp_path):
     refused = mypy(stubs, str(wrong))
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert 'variable has type "int"' in refused.stdout and "set_timing_cache" in refused.stdout
-    checked = mypy(stubs)  # the files pyproject.toml names: engines/tensorrt_build.py, tensorrt_runtime.py, plugin.py
+    checked = mypy(stubs)  # the files pyproject.toml names: engines/tensorrt_build.py, tensorrt_runtime.py, ...
+    files = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]["files"]
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "Success: no issues found in 3 source files" in checked.stdout
+    assert f"Success: no issues found in {len(files)} source files" in checked.stdout
