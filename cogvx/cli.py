@@ -88,6 +88,18 @@ def main(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
+def _engine_opener(backend: str):
+    """`open_stages` for `CogVideoXPipeline.from_engines`: None (ONNX Runtime) or TensorRT's, which
+    first says what to install where tensorrt is missing (one line, before anything loads)."""
+    if backend != "tensorrt":
+        return None
+    from cogvx.engines.tensorrt_build import require_tensorrt
+    from cogvx.engines.tensorrt_runtime import tensorrt_stages
+
+    require_tensorrt()
+    return tensorrt_stages
+
+
 def _generate(model: str | None, prompt: str, negative_prompt: str, image: str | None, frames: int | None,
               height: int | None, width: int | None, steps: int, guidance: float, dynamic_cfg: bool,
               scheduler: str, seed: int, dtype: str, device: str, out: str, backend: str = "torch",
@@ -112,13 +124,7 @@ def _generate(model: str | None, prompt: str, negative_prompt: str, image: str |
                             f"{' and `cogvx build`' if backend == 'tensorrt' else ''})")
         if backend == "torch" and engines is not None:
             raise UserError("--engines needs --backend onnxruntime or tensorrt")
-        open_stages = None
-        if backend == "tensorrt":
-            from cogvx.engines.tensorrt_build import require_tensorrt
-            from cogvx.engines.tensorrt_runtime import tensorrt_stages
-
-            require_tensorrt()  # one line saying what to install, before anything loads
-            open_stages = tensorrt_stages
+        open_stages = _engine_opener(backend)
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise UserError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu")
         if image is not None and not Path(image).is_file():
@@ -351,8 +357,10 @@ def calibrate(model: str, engines: str, precision: str, method: str, prompts_fil
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threshold", "overrides", multiple=True, help="Override a threshold: cosine=0.999, sqnr=40, psnr=35.")
 @click.option("--report", default="validation", show_default=True, help="Folder for report.md/.json and plots.")
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True,
+              help="Run the engines as ONNX Runtime sessions or as the TensorRT plans `cogvx build` made.")
 def validate(model: str, engines: str, prompt: str, frames, height, width, steps: int, guidance: float, seed: int,
-             overrides: tuple[str, ...], report: str) -> None:
+             overrides: tuple[str, ...], report: str, backend: str) -> None:
     """Run the reference and the engines on the same inputs; report per stage and end to end.
 
     Exits 1 when a metric misses its threshold."""
@@ -379,6 +387,7 @@ def validate(model: str, engines: str, prompt: str, frames, height, width, steps
             raise UserError(f"--threshold {item!r}: a cosine lies in [-1, 1]; 0.999 is a strict bar")
     bar = BarProgress()
     with user_errors(bar):
+        open_stages = _engine_opener(backend)
         model_dir = resolve_model(model)
         manifest = Manifest.load(engines)
         manifest.check_source(model_dir)  # validating against another checkpoint proves nothing
@@ -386,7 +395,7 @@ def validate(model: str, engines: str, prompt: str, frames, height, width, steps
         frames, height, width = request_size(config, frames, height, width)
         check_request(config, batch=1, num_frames=frames, height=height, width=width, steps=steps, guidance=guidance,
                       scheduler="ddim", image=config.image_to_video, seed=seed)
-        engine_pipe = CogVideoXPipeline.from_engines(engines, model_dir)
+        engine_pipe = CogVideoXPipeline.from_engines(engines, model_dir, open_stages=open_stages)
         reference = CogVideoXPipeline.from_pretrained(model_dir)
         precision = engine_pipe.stages["denoiser"].precision or Precision.FP32
         bar.start("validate", 2, unit="run")

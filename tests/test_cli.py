@@ -203,3 +203,8 @@ def test_tensorrt_backend_without_tensorrt_is_one_line(runner, tmp_path):
     assert list(tmp_path.iterdir()) == []
     result = runner.invoke(main, ["generate", "--backend", "tensorrt", "--prompt", "a red square", "--out", str(out)])
     assert result.exit_code == 2 and "needs --engines ENGINES" in result.stderr
+    result = runner.invoke(main, ["validate", "--backend", "tensorrt", "--engines", str(tmp_path / "E"),
+                                  "--report", str(tmp_path / "report")])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: TensorRT is not installed") and result.stderr.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
