@@ -33,8 +33,10 @@ def user_errors(progress=None):
               help="ampere+: plans that run on any Ampere or newer GPU (slower than GPU-specific ones).")
 @click.option("--plugin", type=click.Choice(["aot", "jit"]), default="aot", show_default=True,
               help="The attention plugin in the plan: aot (compiled in, no Python at run time) or jit (Python).")
+@click.option("--compare", is_flag=True, help="Then run every plan and its graph (ONNX Runtime CPU) at the min, opt "
+              "and max of its profile with polygraphy; exit 1 if an output's error is above its precision's bar.")
 def build(engines: str, components: str | None, timing_cache: str | None, opt_level: int, hardware_compat: str,
-          plugin: str) -> None:
+          plugin: str, compare: bool) -> None:
     """Build TensorRT plans from the ONNX graphs of --engines (recorded in its manifest.json)."""
     from cogvx.contract.manifest import Manifest
     from cogvx.engines.tensorrt_build import BuildOptions, build_engines, require_tensorrt
@@ -61,3 +63,28 @@ def build(engines: str, components: str | None, timing_cache: str | None, opt_le
         click.echo(f"{record.component:<{width}}  {', '.join(record.plans.values())}  (TensorRT {record.tensorrt}, "
                    f"{record.gpu})")
     click.echo(f"built in {time.perf_counter() - started:.1f} s into {engines}")
+    if compare:
+        _compare(engines, [record.component for record in records])
+
+
+def _compare(engines: str, components: list[str]) -> None:
+    """Every plan against its graph at the profile's corners: a line per output, exit 1 on a miss."""
+    import sys
+
+    from cogvx.contract.manifest import Manifest
+    from cogvx.engines.compare import compare_plans
+
+    bar = BarProgress()
+    with user_errors(bar):
+        graphs = sum(len(Manifest.load(engines).stage_record(name).graphs) for name in components)
+        bar.start("compare", graphs, unit="graph")
+        comparisons = compare_plans(engines, components, progress=lambda name: bar.update(1, name))
+        bar.close()
+    for c in comparisons:
+        click.echo(f"{c.component}:{c.role:<8} {c.corner:<3} {c.output:<20} {str(c.shape):<24} error {c.error:.2e}  "
+                   f"(bar {c.tolerance:.0e})  {'ok' if c.passed else 'ABOVE THE BAR'}")
+    failed = [c for c in comparisons if not c.passed]
+    if failed:
+        click.echo(f"compare: {len(failed)} of {len(comparisons)} outputs above their bar; the plans disagree with "
+                   "their graphs there (rebuild at another --opt-level, or report the graph)", err=True)
+        sys.exit(1)

@@ -219,28 +219,36 @@ class TensorRTRunner:
         return outputs
 
 
+def checked_plan(manifest: Manifest, directory: Path, component: str, role: str, device: Device) -> Path:
+    """The plan built for one graph of a stage, checked against the manifest (hash, plugin
+    attributes) and this machine (export, TensorRT, GPU); the plugin registered when it has one."""
+    stage = manifest.stage_record(component)
+    build = manifest.builds.get(component)
+    if build is None:
+        raise EngineDirectoryError(f"{directory} has no TensorRT plans for {component}; run "
+                                   f"`cogvx build --engines {directory} --components {component}`")
+    check_plan(build, stage, device)
+    if build.plugins:
+        profile = ShapeProfile.from_dict(stage.profile)
+        plugin.check_baked_attributes(build.plugins, (profile.min.text_len, profile.max.text_len))
+        plugin.register_tensorrt_plugin()  # the JIT fallback runs from Python; an AOT plan does not need it
+    plan_name = build.plans.get(role)
+    if plan_name is None:
+        raise RebuildError(f"the {component} build has no plan for its {role} graph; run `cogvx build` again")
+    path = resolve_inside(directory, plan_name)
+    if not path.is_file() or file_sha256(path) != build.files.get(plan_name):
+        raise RebuildError(f"{path} is missing or does not match the manifest; run `cogvx build` again")
+    return path
+
+
 def runner_for(manifest: Manifest, directory: Path, graph_path: Path, component: Component,
                device: Device, pool: DeviceMemoryPool | None = None, cuda_graphs: bool | None = None) -> TensorRTRunner:
     """The runner for one exported graph: its plan, checked against the manifest and this machine."""
     stage = manifest.stage_record(component.name)
-    build = manifest.builds.get(component.name)
-    if build is None:
-        raise EngineDirectoryError(f"{directory} has no TensorRT plans for {component.name}; run "
-                                   f"`cogvx build --engines {directory} --components {component.name}`")
-    check_plan(build, stage, device)
-    profile = ShapeProfile.from_dict(stage.profile)
-    if build.plugins:
-        plugin.check_baked_attributes(build.plugins, (profile.min.text_len, profile.max.text_len))
-        plugin.register_tensorrt_plugin()  # the JIT fallback runs from Python; an AOT plan does not need it
     role = next(role for role, file_name in stage.graphs.items() if resolve_inside(directory, file_name) == graph_path)
-    plan_name = build.plans.get(role)
-    if plan_name is None:
-        raise RebuildError(f"the {component.name} build has no plan for its {role} graph; run `cogvx build` again")
-    path = resolve_inside(directory, plan_name)
-    if not path.is_file() or file_sha256(path) != build.files.get(plan_name):
-        raise RebuildError(f"{path} is missing or does not match the manifest; run `cogvx build` again")
-    graphs = profile.is_static if cuda_graphs is None else cuda_graphs  # static: the batch still takes B or 2B
-    return TensorRTRunner(path.read_bytes(), plan_name, pool=pool, cuda_graphs=graphs)
+    path = checked_plan(manifest, directory, component.name, role, device)
+    static = ShapeProfile.from_dict(stage.profile).is_static  # static: the batch still takes B or 2B rows
+    return TensorRTRunner(path.read_bytes(), path.name, pool=pool, cuda_graphs=static if cuda_graphs is None else cuda_graphs)
 
 
 def tensorrt_stages(directory: str | Path, verify: bool = True,

@@ -11,6 +11,7 @@ import json
 import math
 import shutil
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -30,6 +31,7 @@ from cogvx.engines.tensorrt_build import (
     optimization_profile, plan_buffers, precision_needs, require_tensorrt,
 )
 from cogvx.export.descriptors import TransformerDescriptor, VAEEncoderDescriptor, load_vae
+from cogvx.modeling.precision import Precision
 
 TEXT_LEN = 7
 
@@ -111,6 +113,65 @@ def test_torch_tensorrt_input_ranges_are_the_build_profile(dynamic_engines):
     assert {name: shapes for name, (shapes, _) in ranges.items()} == optimization_profile("transformer", model, profile,
                                                                                           inputs)
     assert ranges["timestep"][1] == torch.int64 and ranges["latents"][1] == torch.float32
+
+
+def test_compare_feeds_are_the_profile_corners_in_each_inputs_domain(dynamic_engines):
+    """`cogvx build --compare` feeds (engines/compare.py): the optimization profile's shapes and the
+    graph's dtypes at every corner, real position tables, timesteps in [0, 1000), token ids."""
+    from cogvx.engines.compare import TOKEN_IDS, corner_feeds
+
+    _, out, manifest, profile = dynamic_engines
+    model = manifest.model_config()
+    for component, record in manifest.stages.items():
+        for role, file_name in record.graphs.items():
+            graph = onnx.load(out / file_name, load_external_data=False)
+            inputs, _ = graph_io(graph)
+            shapes = optimization_profile(component, model, profile, inputs)
+            feeds = corner_feeds(component, model, profile, graph)
+            assert [{n: f.shape for n, f in feed.items()} for feed in feeds] == [
+                {n: corners[i] for n, corners in shapes.items()} for i in range(3)], (component, role)
+            for tensor in inputs:
+                assert all(feed[tensor.name].dtype == onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)
+                           for feed in feeds)
+            if component == "text_encoder":
+                assert all(0 <= feed["input_ids"].min() and feed["input_ids"].max() < TOKEN_IDS for feed in feeds)
+    feeds = corner_feeds("transformer", model, profile, onnx.load(out / "transformer.onnx", load_external_data=False))
+    tables = TransformerDescriptor(model).table_inputs(profile.max)
+    assert all(torch.equal(torch.from_numpy(feeds[2][name]), table) for name, table in tables.items())
+    assert all(feed["timestep"].min() >= 0 and feed["timestep"].max() < 1000 for feed in feeds)
+    assert not np.array_equal(feeds[1]["latents"][:1], feeds[2]["latents"][:1])  # seeded per corner
+
+
+def test_compare_passes_the_same_math_and_names_a_wrong_graph(dynamic_engines, tmp_path):
+    """polygraphy's Comparator with a candidate at every corner: the standard-form export of the
+    same transformer passes (exact forms of one function), a graph with one weight 1 % off fails
+    at every corner with its error reported."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    from cogvx.engines.compare import TOLERANCES, compare_graph
+
+    checkpoint, out, manifest, profile = dynamic_engines
+    model = manifest.model_config()
+    standard = tmp_path / "standard"
+    export_engines(checkpoint, standard, ["transformer"], profile, attention="standard")
+    candidate = OnnxrtRunner(SessionFromOnnx(str(standard / "transformer.onnx")), name="standard form")
+    passed = compare_graph("transformer", "main", model, profile, out / "transformer.onnx", candidate, 1e-5)
+    assert [(c.corner, c.output) for c in passed] == [(corner, "velocity") for corner in ("min", "opt", "max")]
+    assert all(c.passed for c in passed), passed
+    B, F, _, h, w = TransformerDescriptor(model).latent_shape(profile.max, 2 * profile.max.batch)
+    assert passed[2].shape == (B, F, model.transformer.out_channels, h, w)
+
+    wrong = onnx.load(out / "transformer.onnx")
+    initializers = {t.name: t for t in wrong.graph.initializer}
+    last = next(n for n in reversed(wrong.graph.node) if n.op_type in ("MatMul", "Gemm")
+                and any(i in initializers for i in n.input))  # proj_out, the velocity's last weight
+    weight = initializers[next(i for i in last.input if i in initializers)]
+    weight.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(weight) * 1.01, weight.name))
+    onnx.save(wrong, tmp_path / "wrong.onnx")
+    candidate = OnnxrtRunner(SessionFromOnnx(str(tmp_path / "wrong.onnx")), name="one weight off")
+    failed = compare_graph("transformer", "main", model, profile, out / "transformer.onnx", candidate,
+                           TOLERANCES[Precision.parse(manifest.stages["transformer"].dtype)])
+    assert not any(c.passed for c in failed) and all(c.error > 1e-3 for c in failed), failed
 
 
 def test_buffers_at_the_max_profile_are_the_tensor_sizes(dynamic_engines):
@@ -324,3 +385,7 @@ def test_built_plans_run_like_onnxruntime(attention, tiny_checkpoint, tmp_path):
     scale = max(1.0, kept.abs().max().item())
     assert torch.allclose(first, direct["denoiser"](**other)["velocity"], rtol=0, atol=1e-6 * scale)
     assert torch.equal(again.cpu(), got)
+    from cogvx.engines.compare import compare_plans  # the plan against its graph at every corner of the profile
+
+    comparisons = compare_plans(out)
+    assert len(comparisons) == 3 and all(c.passed for c in comparisons), comparisons
