@@ -334,6 +334,34 @@ def test_build_records_round_trip_and_are_checked(dynamic_engines, tmp_path):
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="checks the machine without TensorRT")
+def test_a_plan_is_checked_before_tensorrt_sees_it(dynamic_engines, tmp_path):
+    """`checked_plan` (the runner's and --compare's way to a plan): the hash the build recorded, the
+    export and machine it was built for; a truncated plan never reaches TensorRT's deserializer."""
+    from cogvx.engines.tensorrt_runtime import checked_plan
+
+    _, out, _, _ = dynamic_engines
+    copy = tmp_path / "engines"
+    shutil.copytree(out, copy)
+    plan = copy / "vae_encoder.plan"
+    plan.write_bytes(b"\x00" * 4096)
+    manifest = Manifest.load(copy)
+    h100 = Device("10.15.1.29", "NVIDIA H100", (9, 0))
+    manifest.builds["vae_encoder"] = BuildRecord(
+        component="vae_encoder", key=manifest.stages["vae_encoder"].key, tensorrt=h100.tensorrt, gpu=h100.gpu,
+        compute_capability="9.0", hardware_compat="none", plans={"main": plan.name},
+        files={plan.name: file_sha256(plan)}, plugins={}, options={"opt_level": 3, "plugin": "aot"})
+    manifest.save(copy)
+    manifest = Manifest.load(copy)
+    assert checked_plan(manifest, copy, "vae_encoder", "main", h100) == plan.resolve()
+    plan.write_bytes(b"\x00" * 1000)  # cut short
+    with pytest.raises(RebuildError, match="does not match the manifest; run `cogvx build` again"):
+        checked_plan(manifest, copy, "vae_encoder", "main", h100)
+    with pytest.raises(RebuildError, match="built for NVIDIA H100 .* this is NVIDIA A100"):
+        checked_plan(manifest, copy, "vae_encoder", "main", Device("10.15.1.29", "NVIDIA A100", (8, 0)))
+    with pytest.raises(EngineDirectoryError, match="no TensorRT plans for transformer"):
+        checked_plan(manifest, copy, "transformer", "main", h100)
+
+
 def test_build_without_tensorrt_says_what_to_install(dynamic_engines):
     _, out, _, _ = dynamic_engines
     result = CliRunner().invoke(main, ["build", "--engines", str(out)])
