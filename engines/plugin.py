@@ -155,6 +155,28 @@ def tensorrt_ptx(ptx: str, arguments: int, scratch_bytes: int = 0) -> str:
     return ptx[:match.start("params")] + "\n\t" + kept + "\n" + ptx[match.end("params"):]
 
 
+# -- tactics: the kernel's launch configurations, as TensorRT numbers them ------------------------
+
+
+def plugin_tactics(count: int) -> list[int]:
+    """The tactic ids the plugin advertises for `count` kernel configurations: 1..count (TensorRT
+    reserves 0 for a plugin without tactics)."""
+    if count < 1:
+        raise PluginError(f"the kernel has {count} launch configurations")
+    return list(range(1, count + 1))
+
+
+def kernel_tactic(tactic: int | None, count: int) -> int:
+    """The kernel configuration (0-based) for the tactic TensorRT chose; 0 or None (no tactic
+    chosen, e.g. a plan built before tactics existed) is the default configuration."""
+    if not tactic:
+        return 0
+    if not 1 <= tactic <= count:
+        raise PluginError(f"TensorRT chose tactic {tactic}; the plugin advertises 1 to {count}: rebuild the plan "
+                          "with this cogvx")
+    return tactic - 1
+
+
 # -- registration with tensorrt.plugin (needs tensorrt; not importable without it) -----------------
 
 _registered = False
@@ -169,7 +191,7 @@ def register_tensorrt_plugin() -> None:
     import torch
 
     from .tensorrt_build import require_tensorrt
-    from .triton_attention import INT_ARGUMENTS, compile_kernel, launch_config, triton_rope_attention
+    from .triton_attention import INT_ARGUMENTS, TACTICS, compile_kernel, launch_config, triton_rope_attention
 
     require_tensorrt()
     import tensorrt as trt
@@ -185,8 +207,11 @@ def register_tensorrt_plugin() -> None:
 
     @trtp.autotune(plugin_id)
     def combinations(q, k, v, cos, sin, num_text_tokens: int, outputs) -> list:
-        # q, k, v, out share one of three types; the tables are fp32, as exported
-        return [trtp.AutoTuneCombination("FP32|FP16|BF16, FP32|FP16|BF16, FP32|FP16|BF16, FP32, FP32, FP32|FP16|BF16")]
+        # q, k, v, out share one of three types; the tables are fp32, as exported. Every launch
+        # configuration of the kernel is a tactic (1-based: TensorRT keeps 0 for "no tactic"),
+        # timed by TensorRT on the build GPU at the profile's opt shape.
+        return [trtp.AutoTuneCombination("FP32|FP16|BF16, FP32|FP16|BF16, FP32|FP16|BF16, FP32, FP32, FP32|FP16|BF16",
+                                         tactics=plugin_tactics(TACTICS))]
 
     @trtp.aot_impl(plugin_id)
     def ahead_of_time(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, cos: trtp.TensorDesc,
@@ -194,9 +219,9 @@ def register_tensorrt_plugin() -> None:
         B, N, S, D = (q.shape_expr[i] for i in range(4))
         if not D.is_constant:
             raise PluginError("the attention head dim must be static for the ahead-of-time kernel")
-        head_dim, dtype = D.constant_value, torch_types[q.dtype]
-        kernel = compile_kernel(dtype, head_dim, has_rope=True)  # for the GPU the build runs on
-        config = launch_config(head_dim, dtype, interpreted=False)
+        head_dim, dtype, config_index = D.constant_value, torch_types[q.dtype], kernel_tactic(tactic, TACTICS)
+        kernel = compile_kernel(dtype, head_dim, has_rope=True, tactic=config_index)  # for the GPU the build runs on
+        config = launch_config(head_dim, dtype, interpreted=False, tactic=config_index)
         launch = trtp.KernelLaunchParams()
         launch.grid_x = trtp.cdiv(S, config["BLOCK_M"])
         launch.grid_y = B * N
@@ -213,12 +238,12 @@ def register_tensorrt_plugin() -> None:
 
     @trtp.impl(plugin_id)
     def just_in_time(q: trtp.Tensor, k: trtp.Tensor, v: trtp.Tensor, cos: trtp.Tensor, sin: trtp.Tensor,
-                     num_text_tokens: int, outputs, stream: int) -> None:
+                     num_text_tokens: int, outputs, stream: int, tactic: int) -> None:
         with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
             q_t, k_t, v_t, cos_t, sin_t = (torch.as_tensor(t, device="cuda") for t in (q, k, v, cos, sin))
             out = torch.as_tensor(outputs[0], device="cuda")
             text = int(num_text_tokens) if num_text_tokens != DERIVED_TEXT else q_t.shape[2] - cos_t.shape[0]
-            out.copy_(triton_rope_attention(q_t, k_t, v_t, cos_t, sin_t, text))
+            out.copy_(triton_rope_attention(q_t, k_t, v_t, cos_t, sin_t, text, kernel_tactic(tactic, TACTICS)))
 
     _registered = True
     logger.info("TensorRT plugin %s registered (AOT Triton kernel, JIT fallback)", plugin_id)

@@ -22,8 +22,9 @@ is done in fp32: the interpreter's `tl.dot` on bf16 tiles is wrong.
 
 This is an implementation of the seam, not a model change: `register()` makes it the default for
 CUDA tensors (modeling/attention.py `register_implementation(..., device_type="cuda")`); the
-backward of the op still recomputes the reference. Block sizes are untuned defaults from Triton's
-flash-attention tutorial: no GPU was available where this was written.
+backward of the op still recomputes the reference. Block sizes are untuned, after Triton's
+flash-attention tutorial (no GPU was available where this was written): the torch path runs the
+first of `GPU_TACTICS`; the TensorRT plugin offers all of them and TensorRT keeps the fastest.
 """
 
 from __future__ import annotations
@@ -134,33 +135,45 @@ def _rope_attention_forward(
              mask=(offs_m[:, None] < S) & mask_d[None, :])
 
 
-# (16-bit?, largest head dim) -> BLOCK_M, BLOCK_N, num_warps, num_stages. Untuned (no GPU where this was
-# written), chosen so that the kernel, compiled for sm_80 / sm_90 with Triton's ptxas, needs at most
-# 80 KiB of shared memory: under the 99 KiB an sm_86 / sm_89 block may have
-# (tests/engines/test_triton_attention.py compiles each one).
-GPU_CONFIGS = {
-    (True, 64): (128, 64, 4, 2), (True, 128): (128, 32, 8, 2), (True, 256): (64, 32, 4, 1),
-    (False, 64): (64, 32, 4, 2), (False, 128): (64, 32, 4, 1), (False, 256): (32, 16, 4, 1),
+# (16-bit?, largest head dim) -> the launch configurations (BLOCK_M, BLOCK_N, num_warps, num_stages)
+# the kernel may use: its tactics. The first is the default (the torch path uses it); the TensorRT
+# plugin advertises all of them and TensorRT times each at build time on the build GPU and keeps the
+# fastest (engines/plugin.py). None was tuned here (no GPU where this was written); each is chosen so
+# that the kernel, compiled for sm_80 / sm_90 with Triton's ptxas, needs at most 80 KiB of shared
+# memory: under the 99 KiB an sm_86 / sm_89 block may have (tests/engines/test_triton_attention.py
+# compiles every one).
+GPU_TACTICS = {
+    (True, 64): ((128, 64, 4, 2), (64, 64, 4, 2), (128, 32, 4, 3)),
+    (True, 128): ((128, 32, 8, 2), (64, 32, 4, 2), (128, 32, 4, 2)),
+    (True, 256): ((64, 32, 4, 1), (32, 32, 4, 1), (64, 16, 4, 1)),
+    (False, 64): ((64, 32, 4, 2), (32, 32, 4, 2), (64, 16, 4, 3)),
+    (False, 128): ((64, 32, 4, 1), (64, 16, 4, 2), (32, 16, 4, 2)),
+    (False, 256): ((32, 16, 4, 1), (16, 16, 4, 1), (32, 16, 8, 1)),
 }
+TACTICS = len(GPU_TACTICS[True, 64])  # every key has as many: the plugin advertises 1..TACTICS
 SHARED_MEMORY_LIMIT = 99 * 1024
 
 
-def launch_config(head_dim: int, dtype: torch.dtype, interpreted: bool | None = None) -> dict[str, int]:
-    """Block sizes and launch parameters for a head dim and dtype; 16 x 16 blocks in the interpreter,
-    so tiny test sequences still span several blocks and tails."""
+def launch_config(head_dim: int, dtype: torch.dtype, interpreted: bool | None = None, tactic: int = 0
+                  ) -> dict[str, int]:
+    """Block sizes and launch parameters for a head dim, dtype and tactic (0: the default); 16 x 16
+    blocks in the interpreter, so tiny test sequences still span several blocks and tails."""
     block_d = max(16, triton.next_power_of_2(head_dim))
+    if not 0 <= tactic < TACTICS:
+        raise ValueError(f"tactic {tactic}: the kernel has tactics 0 to {TACTICS - 1}")
     if interpreted if interpreted is not None else interpreting():
         return {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_D": block_d, "num_warps": 1, "num_stages": 1}
     sixteen_bit = dtype != torch.float32
     bound = next(limit for limit in (64, 128, 256) if block_d <= limit)
-    block_m, block_n, warps, stages = GPU_CONFIGS[sixteen_bit, bound]
+    block_m, block_n, warps, stages = GPU_TACTICS[sixteen_bit, bound][tactic]
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": block_d, "num_warps": warps, "num_stages": stages}
 
 
-def constants(head_dim: int, dtype: torch.dtype, has_rope: bool, interpreted: bool | None = None) -> dict:
-    """The kernel's compile-time arguments for a head dim, dtype and table presence."""
+def constants(head_dim: int, dtype: torch.dtype, has_rope: bool, interpreted: bool | None = None,
+              tactic: int = 0) -> dict:
+    """The kernel's compile-time arguments for a head dim, dtype, table presence and tactic."""
     interpreted = interpreting() if interpreted is None else interpreted
-    config = launch_config(head_dim, dtype, interpreted)
+    config = launch_config(head_dim, dtype, interpreted, tactic)
     dot_fp32 = interpreted or dtype == torch.float32
     return {"HEAD_DIM": head_dim, "QK_SCALE": LOG2_E / head_dim**0.5, "HAS_ROPE": has_rope, "DOT_FP32": dot_fp32,
             "DOT_PRECISION": "ieee" if dot_fp32 else "tf32",
@@ -171,7 +184,8 @@ TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "f
 INT_ARGUMENTS = 21  # the int32 scalars between the inputs and the output: 18 strides, HEADS, S, L
 
 
-def compile_kernel(dtype: torch.dtype, head_dim: int, has_rope: bool = True, capability: int | None = None):
+def compile_kernel(dtype: torch.dtype, head_dim: int, has_rope: bool = True, capability: int | None = None,
+                   tactic: int = 0):
     """The kernel compiled ahead of time (Triton's `triton.compile`, no launch): for the current GPU,
     or for `capability` (80 for sm_80, 90 for sm_90) with Triton's own ptxas, which needs no GPU.
     The result's `asm["ptx"]`, `metadata.name`, `metadata.shared` and `metadata.num_warps` are what
@@ -186,9 +200,9 @@ def compile_kernel(dtype: torch.dtype, head_dim: int, has_rope: bool = True, cap
     assert output - first_int == INT_ARGUMENTS, "the kernel's int32 arguments changed: update INT_ARGUMENTS"
     signature |= {name: "i32" for name in parameters[first_int:output]}
     signature["OUT"] = f"*{kind}"
-    consts = constants(head_dim, dtype, has_rope, interpreted=False)
+    consts = constants(head_dim, dtype, has_rope, interpreted=False, tactic=tactic)
     signature |= {name: "constexpr" for name in consts}
-    config = launch_config(head_dim, dtype, interpreted=False)
+    config = launch_config(head_dim, dtype, interpreted=False, tactic=tactic)
     options = {"num_warps": config["num_warps"], "num_stages": config["num_stages"]}
     if capability is None:
         return triton.compile(ASTSource(_rope_attention_forward, signature, constexprs=consts), options=options)
@@ -224,7 +238,7 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.T
 
 
 def triton_rope_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor | None,
-                          sin: torch.Tensor | None, num_text_tokens: int) -> torch.Tensor:
+                          sin: torch.Tensor | None, num_text_tokens: int, tactic: int = 0) -> torch.Tensor:
     """The seam's forward as one kernel launch. q, k, v (B, N, S, Dh) -> (B, N, S, Dh) in q's dtype."""
     check_inputs(q, k, v, cos, sin, num_text_tokens)
     B, N, S, head_dim = q.shape
@@ -238,14 +252,14 @@ def triton_rope_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos
     else:
         cos = sin = q.new_empty((1, 1), dtype=torch.float32)  # never read (HAS_ROPE false)
     interpreted = interpreting()
-    config = launch_config(head_dim, q.dtype, interpreted)
+    config = launch_config(head_dim, q.dtype, interpreted, tactic)
     grid = (triton.cdiv(S, config["BLOCK_M"]), B * N)
     _rope_attention_forward[grid](
         q, k, v, cos, sin,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *cos.stride(),
         N, S, num_text_tokens,
         out,
-        **constants(head_dim, q.dtype, has_rope, interpreted), num_warps=config["num_warps"],
+        **constants(head_dim, q.dtype, has_rope, interpreted, tactic), num_warps=config["num_warps"],
         num_stages=config["num_stages"],
     )
     return out

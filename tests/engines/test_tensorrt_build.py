@@ -290,6 +290,21 @@ def test_plugin_attribute_mismatches_are_named():
         plugin.baked_attributes(model)
 
 
+def test_plugin_tactics_are_the_kernel_configurations():
+    """TensorRT numbers tactics from 1 (0: none chosen); each maps to one launch configuration."""
+    from cogvx.engines.triton_attention import GPU_TACTICS, TACTICS
+
+    assert all(len(configs) == TACTICS for configs in GPU_TACTICS.values())
+    tactics = plugin.plugin_tactics(TACTICS)
+    assert tactics == list(range(1, TACTICS + 1))
+    assert [plugin.kernel_tactic(t, TACTICS) for t in tactics] == list(range(TACTICS))
+    assert plugin.kernel_tactic(0, TACTICS) == plugin.kernel_tactic(None, TACTICS) == 0
+    with pytest.raises(plugin.PluginError, match="tactic 4; the plugin advertises 1 to 3"):
+        plugin.kernel_tactic(4, 3)
+    with pytest.raises(plugin.PluginError):
+        plugin.plugin_tactics(0)
+
+
 def test_ptx_parameter_trimming():
     ptx = (".version 8.4\n.target sm_90a\n.visible .entry k(\n\t.param .u64 .ptr .global .align 1 k_param_0,\n"
            "\t.param .u32 k_param_1,\n\t.param .u64 .ptr .global .align 1 k_param_2,\n\t.param .u64 .ptr .global "

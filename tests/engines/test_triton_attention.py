@@ -148,41 +148,46 @@ def test_the_op_runs_the_kernel_when_selected():
 
 
 _COMPILE = r"""
-import json, re, subprocess, sys, tempfile, os
+import hashlib, itertools, json, re, subprocess, sys, tempfile, os
 import torch
 import triton.backends.nvidia.compiler as nvidia
-from cogvx.engines.triton_attention import INT_ARGUMENTS, compile_kernel
+from cogvx.engines.triton_attention import INT_ARGUMENTS, TACTICS, compile_kernel
 from cogvx.engines.plugin import ptx_parameters, tensorrt_ptx
 results = []
-for capability in (80, 90):
-    for dtype in (torch.float16, torch.bfloat16, torch.float32):
-        for head_dim in (64, 128):
-            kernel = compile_kernel(dtype, head_dim, True, capability)
-            ptx = tensorrt_ptx(kernel.asm["ptx"], 5 + INT_ARGUMENTS + 1)
-            target = re.search(r"\.target\s+(\w+)", ptx).group(1)
-            with tempfile.TemporaryDirectory() as folder:
-                path = os.path.join(folder, "kernel.ptx")
-                open(path, "w").write(ptx)
-                assembled = subprocess.run([nvidia.get_ptxas(capability).path, f"-arch={target}", path, "-o",
-                                            os.path.join(folder, "kernel.cubin")], capture_output=True, text=True)
-            results.append({"capability": capability, "dtype": str(dtype), "head_dim": head_dim,
-                            "shared": kernel.metadata.shared, "params": len(ptx_parameters(kernel.asm["ptx"])),
-                            "tensorrt_params": len(ptx_parameters(ptx)), "ptxas": assembled.returncode,
-                            "ptxas_error": assembled.stderr[-300:]})
+for capability, dtype, head_dim, tactic in itertools.product((80, 90), (torch.float16, torch.bfloat16, torch.float32),
+                                                             (64, 128, 256), range(TACTICS)):
+    kernel = compile_kernel(dtype, head_dim, True, capability, tactic)
+    ptx = tensorrt_ptx(kernel.asm["ptx"], 5 + INT_ARGUMENTS + 1)
+    target = re.search(r"\.target\s+(\w+)", ptx).group(1)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "kernel.ptx")
+        open(path, "w").write(ptx)
+        assembled = subprocess.run([nvidia.get_ptxas(capability).path, f"-arch={target}", path, "-o",
+                                    os.path.join(folder, "kernel.cubin")], capture_output=True, text=True)
+    results.append({"capability": capability, "dtype": str(dtype), "head_dim": head_dim, "tactic": tactic,
+                    "shared": kernel.metadata.shared, "params": len(ptx_parameters(kernel.asm["ptx"])),
+                    "tensorrt_params": len(ptx_parameters(ptx)), "ptxas": assembled.returncode,
+                    "ptx": hashlib.sha256(ptx.encode()).hexdigest(),
+                    "ptxas_error": assembled.stderr[-300:]})
 print(json.dumps(results))
 """
 
 
 @pytest.mark.slow
 def test_kernel_compiles_for_sm80_and_sm90_within_shared_memory():
-    """triton.compile for sm_80 / sm_90 (no GPU needed): every launch configuration fits the 99 KiB
-    an sm_86 / sm_89 block may use, and the PTX with TensorRT's argument list still assembles."""
+    """triton.compile for sm_80 / sm_90 (no GPU needed): every launch configuration (every tactic the
+    plugin advertises) fits the 99 KiB an sm_86 / sm_89 block may use, and the PTX with TensorRT's
+    argument list still assembles."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
     done = subprocess.run([sys.executable, "-c", _COMPILE], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
-    assert len(results) == 12
+    assert len(results) == 2 * 3 * 3 * triton_attention.TACTICS
+    kernels: dict[tuple, set] = {}
+    for result in results:
+        kernels.setdefault((result["capability"], result["dtype"], result["head_dim"]), set()).add(result["ptx"])
+    assert all(len(ptx) == triton_attention.TACTICS for ptx in kernels.values())  # each tactic its own kernel
     for result in results:
         assert 0 < result["shared"] <= triton_attention.SHARED_MEMORY_LIMIT, result
         assert result["tensorrt_params"] == 5 + triton_attention.INT_ARGUMENTS + 1 <= result["params"], result
