@@ -76,7 +76,8 @@ def _compare(engines: str, components: list[str]) -> None:
 
     bar = BarProgress()
     with user_errors(bar):
-        graphs = sum(len(Manifest.load(engines).stage_record(name).graphs) for name in components)
+        manifest = Manifest.load(engines)
+        graphs = sum(len(manifest.stage_record(name).graphs) for name in components)
         bar.start("compare", graphs, unit="graph")
         comparisons = compare_plans(engines, components, progress=lambda name: bar.update(1, name))
         bar.close()

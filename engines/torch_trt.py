@@ -202,8 +202,9 @@ def compile_transformer(transformer: nn.Module, model: ModelConfig, profile: Sha
                         aot: bool = True) -> nn.Module:
     """The transformer compiled by torch-tensorrt over the profile, attention fused by `form`.
 
-    The result takes the export wrapper's keyword inputs (latents, text_embeddings, timestep, [ofs],
-    4-D position tables) as CUDA tensors and returns the velocity."""
+    The transformer is moved to the GPU in `dtype` (in place, as `nn.Module.to` does). The result
+    takes the export wrapper's keyword inputs (latents, text_embeddings, timestep, [ofs], 4-D
+    position tables) as CUDA tensors and returns the velocity."""
     if form not in FORMS:
         raise TensorRTError(f"attention form {form!r}: choose {' or '.join(FORMS)}")
     torch_tensorrt = require_torch_tensorrt()
@@ -214,9 +215,9 @@ def compile_transformer(transformer: nn.Module, model: ModelConfig, profile: Sha
         program = decompose_attention(program)
     else:
         register_converter(aot)
-        calls = [plugin_call(node) for node in attention_nodes(program) if plugin_refusal(node) is None]
-        logger.info("torch-tensorrt: %d of %d attentions to plugin %s", len(calls), len(attention_nodes(program)),
-                    "cogvx::RoPEAttention3D")
+        nodes = attention_nodes(program)
+        logger.info("torch-tensorrt: %d of %d attentions to the plugin", sum(plugin_refusal(n) is None for n in nodes),
+                    len(nodes))
     inputs = {name: torch_tensorrt.Input(min_shape=low, opt_shape=mid, max_shape=high, dtype=input_dtype, name=name)
               for name, ((low, mid, high), input_dtype) in input_ranges(model, profile, dtype).items()}
     options: dict[str, Any] = {"kwarg_inputs": inputs, "min_block_size": 1, "optimization_level": opt_level}
