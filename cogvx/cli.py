@@ -100,6 +100,18 @@ def _engine_opener(backend: str):
     return tensorrt_stages
 
 
+def _attention_line(pipe, device: torch.device, cuda_attention: str) -> str:
+    """What ran the denoiser's attention: the engine graph's form, or torch's implementation."""
+    record = getattr(pipe.stages.get("denoiser"), "record", None)  # a GraphStage over an engine directory
+    if record is not None:
+        form = record.attention or "plugin"
+        return f"engine graph, {form} form" + (" (cogvx::RoPEAttention3D)" if form == "plugin" else
+                                               " (RotaryEmbedding + Attention)")
+    if device.type == "cuda" and cuda_attention == "triton":
+        return "Triton RoPE flash attention (--attention reference: torch SDPA)"
+    return "torch SDPA (reference)" + ("; the Triton kernel serves CUDA GPUs" if device.type != "cuda" else "")
+
+
 def _generate(model: str | None, prompt: str, negative_prompt: str, image: str | None, frames: int | None,
               height: int | None, width: int | None, steps: int, guidance: float, dynamic_cfg: bool,
               scheduler: str, seed: int, dtype: str, device: str, out: str, backend: str = "torch",
@@ -141,7 +153,7 @@ def _generate(model: str | None, prompt: str, negative_prompt: str, image: str |
                       scheduler=scheduler, image=image is not None, device=device, dtype=precision.torch_dtype,
                       seed=seed)
         check_profiles(profiles, ShapeSpec(1, frames, height, width, config.max_text_len))
-        select_attention(attention)  # auto: the Triton kernel runs CUDA tensors' attention where triton is installed
+        cuda_attention = select_attention(attention)  # auto: the Triton kernel where triton is installed
 
         started = time.perf_counter()
         if engines is not None:
@@ -170,6 +182,7 @@ def _generate(model: str | None, prompt: str, negative_prompt: str, image: str |
     video = result.frames[0]
     rows = [("model", f"{directory} ({pipe.config.name})"),
             ("video", f"{video.shape[0]} frames {video.shape[2]}x{video.shape[1]} @ {result.fps} fps"),
+            ("attention", _attention_line(pipe, torch.device(device), cuda_attention)),
             ("load", f"{load_seconds:8.2f} s")]
     rows += [(stage, f"{seconds:8.2f} s") for stage, seconds in result.seconds.items()]
     rows += [("write", f"{write_seconds:8.2f} s"),

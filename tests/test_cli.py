@@ -26,6 +26,7 @@ def test_generate_writes_a_playable_mp4(runner, tmp_path):
                                   "--frames", "9", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "denoiser" in result.output and str(out) in result.output
+    assert re.search(r"attention +torch SDPA \(reference\); the Triton kernel serves CUDA GPUs", result.output)
     with av.open(str(out)) as container:
         stream = container.streams.video[0]
         frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
@@ -130,6 +131,7 @@ def test_generate_on_onnxruntime(runner, toy_engines, tmp_path):
               "--steps", "2"]
     result = runner.invoke(main, common + ["--out", str(clip)])
     assert result.exit_code == 0, result.output
+    assert re.search(r"attention +engine graph, plugin form \(cogvx::RoPEAttention3D\)", result.output), result.output
     with av.open(str(clip)) as container:
         assert sum(1 for _ in container.decode(video=0)) == 9
     refused = runner.invoke(main, common + ["--frames", "17", "--out", str(tmp_path / "never.mp4")])
