@@ -23,8 +23,9 @@ is done in fp32: the interpreter's `tl.dot` on bf16 tiles is wrong.
 This is an implementation of the seam, not a model change: `register()` makes it the default for
 CUDA tensors (modeling/attention.py `register_implementation(..., device_type="cuda")`); the
 backward of the op still recomputes the reference. Block sizes are untuned, after Triton's
-flash-attention tutorial (no GPU was available where this was written): the torch path runs the
-first of `GPU_TACTICS`; the TensorRT plugin offers all of them and TensorRT keeps the fastest.
+flash-attention tutorial (no GPU was available where this was written): the torch path times each
+of `GPU_TACTICS` once per shape class and keeps the fastest (`TacticCache`); the TensorRT plugin
+offers all of them and TensorRT keeps the fastest at build time.
 """
 
 from __future__ import annotations
@@ -136,9 +137,9 @@ def _rope_attention_forward(
 
 
 # (16-bit?, largest head dim) -> the launch configurations (BLOCK_M, BLOCK_N, num_warps, num_stages)
-# the kernel may use: its tactics. The first is the default (the torch path uses it); the TensorRT
-# plugin advertises all of them and TensorRT times each at build time on the build GPU and keeps the
-# fastest (engines/plugin.py). None was tuned here (no GPU where this was written); each is chosen so
+# the kernel may use: its tactics. The first is the default; the torch path times them all once per
+# shape class (`TacticCache`), the TensorRT plugin advertises them all and TensorRT times each at
+# build time on the build GPU (engines/plugin.py); both keep the fastest. None was tuned here (no GPU where this was written); each is chosen so
 # that the kernel, compiled for sm_80 / sm_90 with Triton's ptxas, needs at most 80 KiB of shared
 # memory: under the 99 KiB an sm_86 / sm_89 block may have (tests/engines/test_triton_attention.py
 # compiles every one).
@@ -238,8 +239,11 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.T
 
 
 def triton_rope_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor | None,
-                          sin: torch.Tensor | None, num_text_tokens: int, tactic: int = 0) -> torch.Tensor:
-    """The seam's forward as one kernel launch. q, k, v (B, N, S, Dh) -> (B, N, S, Dh) in q's dtype."""
+                          sin: torch.Tensor | None, num_text_tokens: int, tactic: int | None = None) -> torch.Tensor:
+    """The seam's forward as one kernel launch. q, k, v (B, N, S, Dh) -> (B, N, S, Dh) in q's dtype.
+
+    `tactic` picks the launch configuration (GPU_TACTICS); None: on a GPU, the fastest for this
+    shape class, timed once per class (`TacticCache`); in the interpreter, 0."""
     check_inputs(q, k, v, cos, sin, num_text_tokens)
     B, N, S, head_dim = q.shape
     out = torch.empty((B, N, S, head_dim), dtype=q.dtype, device=q.device)
@@ -252,17 +256,65 @@ def triton_rope_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos
     else:
         cos = sin = q.new_empty((1, 1), dtype=torch.float32)  # never read (HAS_ROPE false)
     interpreted = interpreting()
-    config = launch_config(head_dim, q.dtype, interpreted, tactic)
-    grid = (triton.cdiv(S, config["BLOCK_M"]), B * N)
-    _rope_attention_forward[grid](
-        q, k, v, cos, sin,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *cos.stride(),
-        N, S, num_text_tokens,
-        out,
-        **constants(head_dim, q.dtype, has_rope, interpreted, tactic), num_warps=config["num_warps"],
-        num_stages=config["num_stages"],
-    )
+
+    def launch(chosen: int) -> None:
+        config = launch_config(head_dim, q.dtype, interpreted, chosen)
+        grid = (triton.cdiv(S, config["BLOCK_M"]), B * N)
+        _rope_attention_forward[grid](
+            q, k, v, cos, sin,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *cos.stride(),
+            N, S, num_text_tokens,
+            out,
+            **constants(head_dim, q.dtype, has_rope, interpreted, chosen), num_warps=config["num_warps"],
+            num_stages=config["num_stages"],
+        )
+
+    if tactic is None:
+        tunable = not interpreted and q.is_cuda and not torch.cuda.is_current_stream_capturing()
+        key = TacticCache.key(q.device, q.dtype, head_dim, has_rope, S, B * N)
+        tactic = TACTIC_CACHE.choose(key, lambda chosen: _milliseconds(lambda: launch(chosen))) if tunable else 0
+    launch(tactic)
     return out
+
+
+def _milliseconds(fn, repeats: int = 3) -> float:
+    """Median CUDA time of fn() after one warm-up run (which also compiles it)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+class TacticCache:
+    """The fastest tactic per shape class, timed once: what TensorRT does for the plugin at build
+    time, done by the torch path at its first call of a class. A class is the device, dtype, head
+    dim, RoPE or not, and the sequence length and batch x heads rounded up to powers of two (the
+    denoiser calls one class every step)."""
+
+    def __init__(self) -> None:
+        self.chosen: dict[tuple, int] = {}
+
+    @staticmethod
+    def key(device: torch.device, dtype: torch.dtype, head_dim: int, has_rope: bool, tokens: int, rows: int) -> tuple:
+        return (str(device), dtype, head_dim, has_rope, triton.next_power_of_2(tokens), triton.next_power_of_2(rows))
+
+    def choose(self, key: tuple, milliseconds) -> int:
+        """The cached tactic of `key`, or the one of 0..TACTICS-1 with the least `milliseconds(tactic)`."""
+        if key not in self.chosen:
+            times = [milliseconds(tactic) for tactic in range(TACTICS)]
+            self.chosen[key] = min(range(TACTICS), key=times.__getitem__)
+            logger.info("attention: tactic %d for %s (%s ms)", self.chosen[key], key,
+                        ", ".join(f"{t:.3f}" for t in times))
+        return self.chosen[key]
+
+
+TACTIC_CACHE = TacticCache()
 
 
 def register() -> None:

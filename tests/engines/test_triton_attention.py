@@ -147,6 +147,36 @@ def test_the_op_runs_the_kernel_when_selected():
         attention.set_device_default("cuda", None)
 
 
+def test_the_fastest_tactic_is_timed_once_per_shape_class():
+    """The torch path's tuning (`TacticCache`): every tactic timed once per class, the least time
+    kept, a class = device, dtype, head dim, RoPE, tokens and batch x heads up to a power of two."""
+    cache = triton_attention.TacticCache()
+    timed = []
+    times = {0: 3.0, 1: 1.5, 2: 2.0}
+
+    def milliseconds(tactic):
+        timed.append(tactic)
+        return times[tactic]
+
+    key = triton_attention.TacticCache.key(torch.device("cuda", 0), torch.bfloat16, 64, True, 17776, 96)
+    assert cache.choose(key, milliseconds) == 1 and timed == list(range(triton_attention.TACTICS))
+    same = triton_attention.TacticCache.key(torch.device("cuda", 0), torch.bfloat16, 64, True, 17000, 70)
+    assert same == key and cache.choose(same, milliseconds) == 1 and len(timed) == triton_attention.TACTICS
+    times[1] = 9.0
+    other = triton_attention.TacticCache.key(torch.device("cuda", 0), torch.bfloat16, 64, True, 4096, 96)
+    assert cache.choose(other, milliseconds) == 2 and len(timed) == 2 * triton_attention.TACTICS
+    assert triton_attention.TacticCache.key(torch.device("cuda", 0), torch.float16, 64, True, 17776, 96) != key
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the interpreter's path")
+def test_the_interpreter_runs_the_default_tactic_untimed():
+    before = dict(triton_attention.TACTIC_CACHE.chosen)
+    q, k, v, cos, sin, text = case(1, 2, 3, 6, 16, torch.float32)
+    out = triton_rope_attention(q, k, v, cos, sin, text)
+    assert triton_attention.TACTIC_CACHE.chosen == before
+    assert torch.equal(out, triton_rope_attention(q, k, v, cos, sin, text, tactic=0))
+
+
 _COMPILE = r"""
 import hashlib, itertools, json, re, subprocess, sys, tempfile, os
 import torch
