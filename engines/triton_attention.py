@@ -243,7 +243,8 @@ def triton_rope_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos
     """The seam's forward as one kernel launch. q, k, v (B, N, S, Dh) -> (B, N, S, Dh) in q's dtype.
 
     `tactic` picks the launch configuration (GPU_TACTICS); None: on a GPU, the fastest for this
-    shape class, timed once per class (`TacticCache`); in the interpreter, 0."""
+    shape class, timed once per class (`TacticCache`; inside a CUDA-graph capture the one already
+    chosen, else 0); in the interpreter, 0."""
     check_inputs(q, k, v, cos, sin, num_text_tokens)
     B, N, S, head_dim = q.shape
     out = torch.empty((B, N, S, head_dim), dtype=q.dtype, device=q.device)
@@ -270,9 +271,13 @@ def triton_rope_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos
         )
 
     if tactic is None:
-        tunable = not interpreted and q.is_cuda and not torch.cuda.is_current_stream_capturing()
         key = TacticCache.key(q.device, q.dtype, head_dim, has_rope, S, B * N)
-        tactic = TACTIC_CACHE.choose(key, lambda chosen: _milliseconds(lambda: launch(chosen))) if tunable else 0
+        if interpreted or not q.is_cuda:
+            tactic = 0
+        elif torch.cuda.is_current_stream_capturing():  # no timing inside a CUDA-graph capture
+            tactic = TACTIC_CACHE.chosen.get(key, 0)
+        else:
+            tactic = TACTIC_CACHE.choose(key, lambda chosen: _milliseconds(lambda: launch(chosen)))
     launch(tactic)
     return out
 
