@@ -22,6 +22,11 @@ optimization level, an optional timing cache and hardware compatibility (`ampere
 imported inside functions only (`require_tensorrt`), so cogvx imports and `cogvx build` explains
 itself on machines without it; this file is type-checked with mypy against tensorrt-stubs
 (pyproject.toml [tool.mypy], tests/engines/test_tensorrt_typing.py).
+
+TensorRT 10.x and 11.x: the calls used are in both. STRONGLY_TYPED is required on 10.x and
+accepted but ignored on 11.x (every network is strongly typed there); no weak-typing builder flag
+(FP16 / INT8 / FP8, removed in 11.x) is used, precision comes from the graph; the runtime reads
+`device_memory_size_v2` (11.x removed the v1 property).
 """
 
 from __future__ import annotations
