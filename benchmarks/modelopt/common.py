@@ -101,4 +101,28 @@ def sqnr_db(ref, x):
     return 150.0 if noise == 0 else 10 * math.log10(signal / noise)
 
 
+def ort_variants(path, inputs, expected, ref, with_inputs=False):
+    """The graph at `path` on ONNX Runtime CPU, with its default Q/DQ handling and with
+    session.disable_quant_qdq: cosine / SQNR of its output against the quantized torch module's
+    (`expected`) and fp32's (`ref`), or the error that stopped the session."""
+    import onnxruntime as ort
+
+    info = {}
+    for label, disable in (("ort_default", False), ("ort_disable_quant_qdq", True)):
+        try:
+            so = ort.SessionOptions()
+            if disable:
+                so.add_session_config_entry("session.disable_quant_qdq", "1")
+            sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            feeds = {i.name: inputs[i.name].numpy() for i in sess.get_inputs()}
+            got = torch.from_numpy(sess.run(None, feeds)[0])
+            info[label] = {"cos_vs_torch_quant": cosine(expected, got), "sqnr_vs_torch_quant": sqnr_db(expected, got),
+                           "cos_vs_fp32": cosine(ref, got), "sqnr_vs_fp32": sqnr_db(ref, got)}
+            if with_inputs:
+                info[label]["inputs"] = [i.name for i in sess.get_inputs()]
+        except Exception as e:
+            info[label] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:400]}"}
+    return info
+
+
 SPEC = ShapeSpec(1, 17, 64, 64, 32)

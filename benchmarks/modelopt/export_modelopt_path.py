@@ -51,18 +51,7 @@ for label, cfg in (("modelopt int8 sq0.8", mo_config("INT8_SMOOTHQUANT_CFG", alp
                     "trt_check_problems": check_graph(proto).problems[:3]}
             with torch.no_grad():
                 expected = wrapped(**inputs)
-            for lab, disable in (("ort_default", False), ("ort_disable_quant_qdq", True)):
-                try:
-                    so = ort.SessionOptions()
-                    if disable:
-                        so.add_session_config_entry("session.disable_quant_qdq", "1")
-                    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-                    feeds = {i.name: inputs[i.name].numpy() for i in sess.get_inputs()}
-                    got = torch.from_numpy(sess.run(None, feeds)[0])
-                    info[lab] = {"cos_vs_torch_quant": cosine(expected, got), "sqnr_vs_fp32": sqnr_db(ref, got), "cos_vs_fp32": cosine(ref, got),
-                                 "inputs": [i.name for i in sess.get_inputs()]}
-                except Exception as e:
-                    info[lab] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:400]}"}
+            info |= ort_variants(path, inputs, expected, ref, with_inputs=True)
         except Exception as e:
             open(OUT / f"{label.replace(' ', '_')}_{variant.replace(' ', '_')}.err", "w").write(traceback.format_exc())
             msg = str(e); msg = msg[msg.index("Exception summary"):] if "Exception summary" in msg else msg

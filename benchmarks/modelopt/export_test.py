@@ -37,25 +37,9 @@ def summarize(path, model_torch):
     rep = check_graph(m)
     info = {"bytes": os.path.getsize(path), "ops": dict(ops), "initializer_types": dict(init_types),
             "trt_check_problems": rep.problems[:5]}
-    q_types = set()
-    for n in m.graph.node:
-        if n.op_type == "QuantizeLinear" and len(n.input) > 2:
-            q_types.add(n.input[2])
     with torch.no_grad():
         expected = desc.wrap(model_torch)(**inputs)
-    for label, disable in (("ort_default", False), ("ort_disable_quant_qdq", True)):
-        try:
-            so = ort.SessionOptions()
-            if disable:
-                so.add_session_config_entry("session.disable_quant_qdq", "1")
-            sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-            feeds = {i.name: inputs[i.name].numpy() for i in sess.get_inputs()}
-            got = torch.from_numpy(sess.run(None, feeds)[0])
-            info[label] = {"cos_vs_torch_quant": cosine(expected, got), "sqnr_vs_torch_quant": sqnr_db(expected, got),
-                           "cos_vs_fp32": cosine(ref, got), "sqnr_vs_fp32": sqnr_db(ref, got)}
-        except Exception as e:
-            info[label] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:400]}"}
-    return info
+    return info | ort_variants(path, inputs, expected, ref)
 
 def attempt(label, fn):
     print("==", label, flush=True)

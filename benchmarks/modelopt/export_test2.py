@@ -64,19 +64,7 @@ def summarize(path, model_torch, fp8):
             "trt_check_problems": check_graph(m).problems[:4]}
     with torch.no_grad():
         expected = desc.wrap(model_torch)(**inputs)
-    for label, disable in (("ort_default", False), ("ort_disable_quant_qdq", True)):
-        try:
-            so = ort.SessionOptions()
-            if disable:
-                so.add_session_config_entry("session.disable_quant_qdq", "1")
-            sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-            feeds = {i.name: inputs[i.name].numpy() for i in sess.get_inputs()}
-            got = torch.from_numpy(sess.run(None, feeds)[0])
-            info[label] = {"cos_vs_torch_quant": cosine(expected, got), "sqnr_vs_torch_quant": sqnr_db(expected, got),
-                           "cos_vs_fp32": cosine(ref, got), "sqnr_vs_fp32": sqnr_db(ref, got)}
-        except Exception as e:
-            info[label] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:400]}"}
-    return info
+    return info | ort_variants(path, inputs, expected, ref)
 
 def attempt(label, fn, model, fp8):
     print("==", label, flush=True)
